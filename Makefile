@@ -1,0 +1,34 @@
+# The two commands: `make run` (the main job on the embedded default) and `make test` (everything).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint format clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints-cpu.txt
+	$(BIN)/pip install -q -c constraints-cpu.txt -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(BIN)/python pyproject.toml constraints-cpu.txt
+	$(BIN)/pip install -q -c constraints-cpu.txt -e ".[dev]"
+	touch $(VENV)/.installed $@
+
+run: $(VENV)/.installed
+	$(BIN)/lineage demo
+
+test: $(VENV)/.dev-installed
+	scripts/ensure-services.sh
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+format: $(VENV)/.dev-installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,293 @@
+"""Forward functions from ``config.json``: the project's own families and ``transformers`` models.
+
+Which output is f(x), the K-dimensional vector the function-space methods compare:
+- ``lineage-mlp`` and ``lineage-cnn``: the logits when parent and child heads have the same shape;
+  the penultimate features (the input of the head) when the child's head was replaced.
+- any ``transformers`` architecture: the base model's last hidden state (N, L, H), flattened to
+  (N, L·H). Task heads (classifier, LM head, pooler) are outside the base model and never enter f,
+  so a re-initialised head is handled by construction.
+
+Weights enter the network through ``torch.func.functional_call``, so one module serves every model
+of the same architecture and the linearisation can differentiate with respect to a dict of tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from app.engine.errors import IncompatibleModels, InvalidConfig, ShapeMismatch
+from app.engine.model_files import LoadedModel
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "tanh": torch.tanh,
+}
+
+
+class LineageMLP(nn.Module):
+    """Fully connected network: ``sizes = [in, hidden..., out]``; layers named ``layers.{i}``."""
+
+    def __init__(self, sizes: list[int], activation: str = "relu"):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.activation = ACTIVATIONS[activation]
+
+    def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:
+        h = x.flatten(1)
+        for layer in self.layers[:-1]:
+            h = self.activation(layer(h))
+        return h if features else self.layers[-1](h)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: conv-BN-ReLU-conv-BN plus a (projected) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
+
+
+class LineageCNN(nn.Module):
+    """A small ResNet: stem, one stage per entry of ``channels`` (stride 2 after the first),
+    global average pooling, linear head ``fc``."""
+
+    def __init__(self, in_channels: int, channels: list[int], num_classes: int, blocks: int = 1):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(channels[0])
+        stages, c_prev = [], channels[0]
+        for i, c in enumerate(channels):
+            for j in range(blocks):
+                stages.append(BasicBlock(c_prev, c, stride=2 if (i > 0 and j == 0) else 1))
+                c_prev = c
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Linear(channels[-1], num_classes)
+
+    def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:
+        h = F.relu(self.stem_bn(self.stem(x)))
+        h = self.stages(h).mean(dim=(2, 3))  # (N, C)
+        return h if features else self.fc(h)
+
+
+@dataclass
+class Network:
+    """A module of one architecture, plus what the engine needs to know about it.
+
+    ``head``: state names of the task head that a fine-tune may replace. ``input_kind``: which
+    probes it takes ("vector", "image" or "tokens"). ``file_names`` maps state names to the names
+    the weights carry in files (``transformers`` task models prefix the base model's names).
+    """
+
+    family: str
+    module: nn.Module
+    config: dict
+    input_kind: str
+    head: frozenset[str] = frozenset()
+    file_prefix: str = ""
+    optional: frozenset[str] = frozenset()
+    _init_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def param_names(self) -> list[str]:
+        return [n for n, _ in self.module.named_parameters()]
+
+    @property
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(t.shape) for n, t in self.module.state_dict().items()}
+
+    def file_name(self, state_name: str, available: set[str]) -> str | None:
+        """Where a state tensor lives in a model file (prefixed or not), or None."""
+        for candidate in (state_name, self.file_prefix + state_name):
+            if candidate in available:
+                return candidate
+        return None
+
+    def output(
+        self, state: dict[str, torch.Tensor], x: torch.Tensor, use_head: bool = True
+    ) -> torch.Tensor:
+        """f(x) for the weights in ``state``: (N, K)."""
+        if self.family == "transformers":
+            attention = torch.ones_like(x)
+            out = functional_call(self.module, state, (x,), {"attention_mask": attention})
+            return out.last_hidden_state.flatten(1)
+        return functional_call(self.module, state, (x,), {"features": not use_head})
+
+
+def _int_list(config: dict, key: str) -> list[int]:
+    value = config.get(key)
+    if not (isinstance(value, list) and value and all(isinstance(v, int) and v > 0 for v in value)):
+        raise InvalidConfig(f"config {key!r} must be a non-empty list of positive integers")
+    return value
+
+
+def _positive_int(config: dict, key: str, default: int | None = None) -> int:
+    value = config.get(key, default)
+    if not (isinstance(value, int) and value > 0):
+        raise InvalidConfig(f"config {key!r} must be a positive integer, got {value!r}")
+    return value
+
+
+def _build_mlp(config: dict) -> Network:
+    sizes = _int_list(config, "sizes")
+    if len(sizes) < 2:
+        raise InvalidConfig("config 'sizes' needs at least an input and an output size")
+    activation = config.get("activation", "relu")
+    if activation not in ACTIVATIONS:
+        raise InvalidConfig(f"activation {activation!r} is not one of {sorted(ACTIVATIONS)}")
+    module = LineageMLP(sizes, activation)
+    last = len(sizes) - 2
+    head = frozenset({f"layers.{last}.weight", f"layers.{last}.bias"})
+    return Network("lineage-mlp", module, config, "vector", head=head)
+
+
+def _build_cnn(config: dict) -> Network:
+    channels = _int_list(config, "channels")
+    module = LineageCNN(
+        _positive_int(config, "in_channels", 1),
+        channels,
+        _positive_int(config, "num_classes"),
+        _positive_int(config, "blocks", 1),
+    )
+    _positive_int(config, "image_size", 8)
+    return Network("lineage-cnn", module, config, "image", head=frozenset({"fc.weight", "fc.bias"}))
+
+
+def _build_transformers(config: dict) -> Network:
+    import transformers
+
+    model_type = config.get("model_type")
+    try:
+        config_class = transformers.CONFIG_MAPPING[model_type]
+    except KeyError:
+        raise InvalidConfig(f"unknown model_type {model_type!r}") from None
+    try:
+        hf_config = config_class.from_dict(
+            {k: v for k, v in config.items() if k != "model_type"}
+        )
+        # Forward-mode AD (the exact linearisation) has no rule for the fused SDPA kernels.
+        module = transformers.AutoModel.from_config(hf_config, attn_implementation="eager")
+    except Exception as exc:  # transformers raises many types for bad configs
+        raise InvalidConfig(f"cannot build a {model_type!r} model from its config: {exc}") from None
+    prefix = getattr(module, "base_model_prefix", "") or ""
+    # Pooler layers sit after the last hidden state: missing from many checkpoints, never in f.
+    optional = frozenset(n for n in module.state_dict() if n.startswith("pooler."))
+    return Network(
+        "transformers",
+        module,
+        config,
+        "tokens",
+        file_prefix=f"{prefix}." if prefix else "",
+        optional=optional,
+    )
+
+
+FAMILIES: dict[str, Callable[[dict], Network]] = {
+    "lineage-mlp": _build_mlp,
+    "lineage-cnn": _build_cnn,
+}
+
+
+def build_network(config: dict | None, device: torch.device | str = "cpu") -> Network:
+    """Build the module a config describes, in eval mode on ``device``, with seeded init.
+
+    Raises ``InvalidConfig`` for a missing or unknown architecture.
+    """
+    if not config:
+        raise InvalidConfig("no config.json: the architecture is unknown")
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str):
+        raise InvalidConfig("config has no 'model_type'")
+    torch.manual_seed(0)  # optional tensors (poolers) get the same values every time
+    builder = FAMILIES.get(model_type, _build_transformers)
+    network = builder(config)
+    network.module.to(device).eval()
+    network._init_state = {k: v.detach() for k, v in network.module.state_dict().items()}
+    return network
+
+
+def model_state(
+    network: Network, model: LoadedModel, device: torch.device | str = "cpu", *, strict_head=True
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """The network's state (parameters and buffers, float32) filled from a model's weights.
+
+    Returns (state, head_fits). Tensors of the head whose shape differs are replaced by the
+    network's own and ``head_fits`` is False: f(x) must then be the features before the head.
+    Any other missing or misshapen tensor raises ``ShapeMismatch`` naming it.
+    """
+    available = set(model.weights)
+    floats = model.float_tensors()
+    state: dict[str, torch.Tensor] = {}
+    missing, misshapen, head_fits = [], [], True
+    for name, init in network._init_state.items():
+        file_name = network.file_name(name, available)
+        if file_name is None:
+            if name in network.optional or (name in network.head and not strict_head):
+                state[name] = init
+                head_fits = head_fits and name not in network.head
+                continue
+            if name.endswith("num_batches_tracked"):
+                state[name] = init
+                continue
+            missing.append(name)
+            continue
+        tensor = floats.get(file_name)
+        if tensor is None:  # an integer buffer such as num_batches_tracked or position ids
+            state[name] = model.weights[file_name].to(device)
+            continue
+        if tuple(tensor.shape) != tuple(init.shape):
+            if name in network.head and not strict_head:
+                state[name] = init
+                head_fits = False
+                continue
+            misshapen.append(f"{name} {tuple(tensor.shape)} (expected {tuple(init.shape)})")
+            continue
+        state[name] = tensor.to(device)
+    if missing or misshapen:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors: {', '.join(missing[:5])}")
+        if misshapen:
+            parts.append(f"wrong shapes: {', '.join(misshapen[:5])}")
+        raise ShapeMismatch(f"{model.name}: weights do not fit the architecture ({'; '.join(parts)})")
+    return state, head_fits
+
+
+def validate_architecture(model: LoadedModel) -> None:
+    """Check that a model's weights fit its own config (when it has one)."""
+    if model.config is None:
+        return
+    network = build_network(model.config)
+    model_state(network, model)
+
+
+def pair_states(
+    network: Network, parent: LoadedModel, child: LoadedModel, device: torch.device | str = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], bool]:
+    """Parent and child states in the parent's network, and whether f may include the head."""
+    parent_state, parent_head = model_state(network, parent, device)
+    try:
+        child_state, child_head = model_state(network, child, device, strict_head=False)
+    except ShapeMismatch as exc:
+        raise IncompatibleModels(
+            f"{child.name} does not fit the architecture of {parent.name}: {exc.message}"
+        ) from None
+    return parent_state, child_state, parent_head and child_head

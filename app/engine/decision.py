@@ -1,0 +1,211 @@
+"""Rank candidate parents for one child, combine evidence (``auto``) and decide.
+
+``auto`` works on distances D_m ≥ 0 of several methods m (weight space, permutation-invariant
+weight statistics, direct and linearised function space). For candidate c,
+
+    auto(c) = −mean_m [ log D_m(c) − median_c' log D_m(c') ],
+
+so every method votes in units of "how many times closer than the typical candidate", and a method
+that cannot tell the candidates apart (all distances alike) adds almost nothing. The decision's
+margin is auto(best) − auto(runner-up) = mean_m log(D_m(runner-up) / D_m(best)); the best
+candidate is declared the parent only when the margin clears a threshold calibrated on the
+benchmark zoos (``calibration.json``), else the answer is "no parent in the candidate set".
+Confidence = sigmoid((margin − threshold) / scale), the calibrated probability that the best
+candidate is the parent. With a single candidate there is no runner-up: the margin is then
+log(ρ₀ / ρ) for the relative weight distance ρ = min(‖θ_c − θ_p‖/‖θ_p‖, spectral analogue).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+
+import torch
+
+from app.engine import weightspace
+from app.engine.errors import IncompatibleModels, InvalidArgument
+from app.engine.methods import AUTO, DEFAULT_TAYLOR_ALPHA, PairContext, get_method
+from app.engine.model_files import LoadedModel
+from app.engine.probes import DEFAULT_NUM_PROBES, DEFAULT_PROBE_SEED
+
+
+def load_calibration() -> dict:
+    """The calibrated constants of ``auto`` (written by the benchmark)."""
+    text = resources.files("app.engine").joinpath("calibration.json").read_text()
+    return json.loads(text)
+
+
+@dataclass
+class CandidateScore:
+    parent: str
+    score: float
+    scores: dict[str, float]
+
+
+@dataclass
+class Skipped:
+    parent: str
+    reason: str
+
+
+@dataclass
+class Decision:
+    parent: str | None
+    confidence: float
+    method: str
+    best: str | None
+    margin: float
+    calibrated: bool
+
+
+@dataclass
+class Ranking:
+    child: str
+    decision: Decision
+    candidates: list[CandidateScore]
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The public JSON shape of ``lineage detect --json`` (see shared/design.md)."""
+        return asdict(self)
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(min(x, 50.0), -50.0)))
+
+
+def _log_distances(distances: list[float]) -> torch.Tensor:
+    values = torch.tensor(distances, dtype=torch.float64).clamp_min(0.0)
+    floor = 1e-12 * float(values.max()) + 1e-30
+    return values.clamp_min(floor).log()
+
+
+def as_distance(method: str, score: float) -> float:
+    """D ≥ 0 from a method's score: −s for distance-type methods, 1 − s for bounded similarities."""
+    return -score if get_method(method).distance else 1.0 - score
+
+
+def auto_scores(component_scores: dict[str, list[float]], noise: dict[str, float]) -> list[float]:
+    """auto(c) = −Σ_m [log D_m(c) − median_c' log D_m(c')] / σ_m over the components given.
+
+    σ_m is the spread of component m's log-distance ratios on children whose parent is absent
+    (calibrated), so each component votes in units of its own noise.
+    """
+    centred = []
+    for method, scores in component_scores.items():
+        logs = _log_distances([as_distance(method, s) for s in scores])
+        centred.append((logs - logs.median()) / noise[method])
+    return (-torch.stack(centred).sum(0)).tolist()
+
+
+def _relative_distance(parent: LoadedModel, child: LoadedModel) -> float:
+    """How far the child moved, relatively: the smaller of the plain and spectral relative distances
+    (the spectral one sees through hidden-unit permutations)."""
+    return min(
+        weightspace.relative_l2_distance(parent, child),
+        weightspace.relative_spectrum_distance(parent, child),
+    )
+
+
+def decide(
+    names: list[str],
+    scores: list[float],
+    method: str,
+    calibration: dict,
+    single_candidate_relative: float | None = None,
+) -> Decision:
+    """Best candidate, margin, calibrated confidence, or no parent (see module docstring)."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    best = order[0]
+    if method != AUTO:
+        # A single method always names its best candidate; its confidence is the softmax share of
+        # the best after standardising scores across candidates: informative, not calibrated.
+        values = torch.tensor(scores, dtype=torch.float64)
+        spread = float(values.std()) if len(scores) > 1 else 0.0
+        z = (values - values.mean()) / spread if spread > 0 else torch.zeros_like(values)
+        share = float(torch.softmax(z, 0)[best])
+        margin = float(z[order[0]] - z[order[1]]) if len(scores) > 1 else 0.0
+        return Decision(names[best], share, method, names[best], margin, False)
+    auto = calibration["auto"]
+    if len(scores) > 1:
+        margin = scores[best] - scores[order[1]]
+        threshold, scale = auto["threshold"], auto["scale"]
+    else:
+        margin = math.log(auto["single_relative_distance"] / max(single_candidate_relative, 1e-30))
+        threshold, scale = 0.0, auto["single_scale"]
+    p_parent = _sigmoid((margin - threshold) / scale)
+    if margin >= threshold:
+        return Decision(names[best], p_parent, method, names[best], margin, True)
+    return Decision(None, 1.0 - p_parent, method, names[best], margin, True)
+
+
+def rank_candidates(
+    child: LoadedModel,
+    parents: list[LoadedModel],
+    method: str = AUTO,
+    *,
+    device: torch.device | str = "cpu",
+    num_probes: int = DEFAULT_NUM_PROBES,
+    probe_seed: int = DEFAULT_PROBE_SEED,
+    taylor_alpha: float = DEFAULT_TAYLOR_ALPHA,
+    calibration: dict | None = None,
+) -> Ranking:
+    """Score every candidate parent of ``child`` and decide; candidates best first.
+
+    Candidates that share no comparable tensor with the child, or (for a function-space method)
+    whose architecture the child does not fit, are listed in ``skipped`` with the reason.
+    Raises ``IncompatibleModels`` when no candidate remains.
+    """
+    if not parents:
+        raise InvalidArgument("no candidate parents given")
+    calibration = calibration or load_calibration()
+    if method == AUTO:
+        components = list(calibration["auto"]["noise"])
+    else:
+        components = [get_method(method).name]
+    kept: list[tuple[LoadedModel, dict[str, float]]] = []
+    skipped: list[Skipped] = []
+    for parent in parents:
+        ctx = PairContext(
+            parent, child, device, num_probes, probe_seed, taylor_alpha=taylor_alpha
+        )
+        try:
+            weightspace.matched_tensors(parent, child)
+        except IncompatibleModels as exc:
+            skipped.append(Skipped(parent.name, exc.message))
+            continue
+        scores: dict[str, float] = {}
+        for name in components:
+            try:
+                scores[name] = get_method(name).score(ctx)
+            except IncompatibleModels as exc:
+                if method != AUTO:
+                    skipped.append(Skipped(parent.name, exc.message))
+                    break
+        else:
+            kept.append((parent, scores))
+    if not kept:
+        reasons = "; ".join(f"{s.parent}: {s.reason}" for s in skipped)
+        raise IncompatibleModels(f"no candidate can be compared with {child.name} ({reasons})")
+    if method == AUTO:
+        # Only components every kept candidate has: a missing one cannot vote for some and not others.
+        usable = [m for m in components if all(m in s for _, s in kept)]
+        # A linearisation is a first-order model around θ_p: it means nothing when the child is
+        # far from every candidate in weight space (permuted units, trained from scratch).
+        nearest = min(weightspace.relative_l2_distance(p, child) for p, _ in kept)
+        if nearest > calibration["auto"]["linearization_max_relative"]:
+            usable = [m for m in usable if get_method(m).kind != "linearized"]
+        noise = calibration["auto"]["noise"]
+        combined = auto_scores({m: [s[m] for _, s in kept] for m in usable}, noise)
+    else:
+        combined = [s[components[0]] for _, s in kept]
+    names = [p.name for p, _ in kept]
+    relative = _relative_distance(kept[0][0], child) if len(kept) == 1 and method == AUTO else None
+    decision = decide(names, combined, method, calibration, relative)
+    candidates = [
+        CandidateScore(p.name, score, scores)
+        for (p, scores), score in sorted(zip(kept, combined), key=lambda t: -t[1])
+    ]
+    return Ranking(child.name, decision, candidates, skipped)

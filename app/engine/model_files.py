@@ -1,0 +1,359 @@
+"""Loading models from safetensors, safely.
+
+A model is a folder (``model.safetensors`` or shards with ``model.safetensors.index.json``, plus
+``config.json``) or a single ``.safetensors`` file whose header ``__metadata__["config"]`` holds the
+config as JSON. Weights are read only from safetensors, lazily and memory-mapped (``safe_open``);
+pickle formats are refused by name and never opened.
+
+Every header is checked before ``safe_open`` sees it, so that a bad file gets an error that says what
+is wrong (absurd header length, truncated data, unknown dtype) rather than a library traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from app.engine.errors import (
+    CorruptHeader,
+    InvalidConfig,
+    ModelNotFound,
+    ModelTooLarge,
+    NonFiniteWeights,
+    NoWeights,
+    PickleRefused,
+    TruncatedFile,
+    UnsupportedDtype,
+)
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+# safetensors itself refuses headers above 100 MB; we say so before it does.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+DEFAULT_MAX_MODEL_BYTES = 20 * 1024**3
+
+# Bytes per element for every dtype safetensors writes.
+DTYPE_SIZES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
+}
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One header entry: where a tensor lives and what it is."""
+
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Read and validate one safetensors header; return (tensors, metadata).
+
+    Checks the 8-byte length prefix against the file size, the JSON, every entry's dtype and shape,
+    that each entry's byte range matches its shape and lies inside the file.
+    """
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise PickleRefused(
+            f"{path.name}: pickle-based weights are refused (they can run code when loaded); "
+            "convert the model to safetensors"
+        )
+    size = path.stat().st_size
+    if size < 8:
+        raise TruncatedFile(f"{path.name}: {size} bytes is too short to be a safetensors file")
+    with path.open("rb") as fh:
+        (header_len,) = struct.unpack("<Q", fh.read(8))
+        if header_len > MAX_HEADER_BYTES:
+            raise CorruptHeader(
+                f"{path.name}: header length {header_len} bytes is absurd "
+                f"(limit {MAX_HEADER_BYTES}); not a safetensors file"
+            )
+        if 8 + header_len > size:
+            raise TruncatedFile(
+                f"{path.name}: header says {header_len} bytes but the file has {size - 8}"
+            )
+        raw = fh.read(header_len)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptHeader(f"{path.name}: header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise CorruptHeader(f"{path.name}: header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise CorruptHeader(f"{path.name}: __metadata__ is not an object")
+    data_len = size - 8 - header_len
+    tensors: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        tensors[name] = _check_entry(path, name, entry, data_len)
+    return tensors, {str(k): str(v) for k, v in metadata.items()}
+
+
+def _check_entry(path: Path, name: str, entry: object, data_len: int) -> TensorInfo:
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise CorruptHeader(f"{path.name}: entry {name!r} lacks dtype, shape or data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in DTYPE_SIZES:
+        raise UnsupportedDtype(f"{path.name}: tensor {name!r} has unsupported dtype {dtype!r}")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise CorruptHeader(f"{path.name}: tensor {name!r} has invalid shape {shape!r}")
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) for o in offsets)
+        and 0 <= offsets[0] <= offsets[1]
+    ):
+        raise CorruptHeader(f"{path.name}: tensor {name!r} has invalid data_offsets {offsets!r}")
+    expected = math.prod(shape) * DTYPE_SIZES[dtype]
+    if offsets[1] - offsets[0] != expected:
+        raise CorruptHeader(
+            f"{path.name}: tensor {name!r} of shape {shape} {dtype} needs {expected} bytes "
+            f"but its offsets span {offsets[1] - offsets[0]}"
+        )
+    if offsets[1] > data_len:
+        raise TruncatedFile(
+            f"{path.name}: tensor {name!r} ends at byte {offsets[1]} of the data section "
+            f"but the file holds only {data_len}; the file is truncated"
+        )
+    return TensorInfo(file=path, dtype=dtype, shape=tuple(shape))
+
+
+class LazyWeights(Mapping[str, torch.Tensor]):
+    """A read-only mapping name → tensor over one or more safetensors files.
+
+    Tensors are read on access through ``safe_open`` (memory-mapped), so opening a model costs only
+    its headers. Values come back in their stored dtype on the CPU.
+    """
+
+    def __init__(self, infos: dict[str, TensorInfo]):
+        self.infos = infos
+        self._handles: dict[Path, object] = {}
+
+    def _handle(self, file: Path):
+        if file not in self._handles:
+            self._handles[file] = safe_open(str(file), framework="pt", device="cpu")
+        return self._handles[file]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        info = self.infos[name]
+        return self._handle(info.file).get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.infos)
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+
+@dataclass
+class LoadedModel:
+    """A model read from disk: its weights (lazy), config, identity and architecture signature."""
+
+    name: str
+    path: Path
+    files: list[Path]
+    config: dict | None
+    weights: LazyWeights
+    sha256: str
+    num_bytes: int
+    _float_cache: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    # Per-model derived values (spectra, probes outputs) that scoring reuses across candidates.
+    cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def signature(self) -> dict[str, tuple[int, ...]]:
+        """Tensor names and shapes: what makes two models comparable."""
+        return {name: info.shape for name, info in self.weights.infos.items()}
+
+    @property
+    def model_type(self) -> str | None:
+        return (self.config or {}).get("model_type")
+
+    def float_tensors(self) -> dict[str, torch.Tensor]:
+        """Every floating-point tensor as float32 (fp16/bf16 are compared in float32); cached."""
+        if self._float_cache is None:
+            self._float_cache = {
+                name: self.weights[name].to(torch.float32)
+                for name, info in self.weights.infos.items()
+                if info.is_float
+            }
+        return self._float_cache
+
+    @cached_property
+    def num_parameters(self) -> int:
+        return sum(math.prod(info.shape) for info in self.weights.infos.values())
+
+
+def _weight_files(path: Path) -> tuple[list[Path], Path | None]:
+    """The safetensors files of a model path, and its config.json if any."""
+    if not path.exists():
+        raise ModelNotFound(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise PickleRefused(
+                f"{path.name}: pickle-based weights are refused (they can run code when loaded); "
+                "convert the model to safetensors"
+            )
+        if path.suffix.lower() != ".safetensors":
+            raise NoWeights(f"{path.name}: not a .safetensors file or a model folder")
+        return [path], None
+    config = path / "config.json"
+    config = config if config.is_file() else None
+    index = path / INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            shard_names = sorted(set(weight_map.values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise CorruptHeader(f"{index.name}: not a valid shard index ({exc})") from None
+        files = []
+        for shard in shard_names:
+            shard_path = (path / shard).resolve()
+            if path.resolve() not in shard_path.parents or not shard_path.is_file():
+                raise TruncatedFile(f"{index.name}: shard {shard!r} is missing from {path}")
+            files.append(shard_path)
+        return files, config
+    if (path / SINGLE_NAME).is_file():
+        return [path / SINGLE_NAME], config
+    found = sorted(path.glob("*.safetensors"))
+    if len(found) == 1:
+        return found, config
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise PickleRefused(
+            f"{path}: only pickle-based weights found ({', '.join(pickles)}); they are refused "
+            "(they can run code when loaded); provide model.safetensors"
+        )
+    if len(found) > 1:
+        raise NoWeights(f"{path}: several .safetensors files and no {INDEX_NAME} to join them")
+    raise NoWeights(f"{path}: no model.safetensors in this folder")
+
+
+def _sha256(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for file in files:
+        with file.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _parse_config(text: str, where: str) -> dict:
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidConfig(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise InvalidConfig(f"{where}: must be a JSON object")
+    return config
+
+
+def load_model(
+    source: str | Path,
+    name: str | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+    check_finite: bool = True,
+) -> LoadedModel:
+    """Open a model folder or ``.safetensors`` file and validate it.
+
+    Validation: headers (see ``read_safetensors_header``), shards named in the index all present
+    and agreeing with it, total size under ``max_bytes``, and, with ``check_finite``, every float
+    tensor free of NaN and infinity. Identity is the SHA-256 of the weight files' bytes, shards in
+    sorted order.
+    """
+    path = Path(source)
+    files, config_path = _weight_files(path)
+    num_bytes = sum(f.stat().st_size for f in files)
+    if num_bytes > max_bytes:
+        raise ModelTooLarge(f"{path}: weights are {num_bytes} bytes, above the limit of {max_bytes}")
+    infos: dict[str, TensorInfo] = {}
+    metadata: dict[str, str] = {}
+    for file in files:
+        file_infos, file_meta = read_safetensors_header(file)
+        duplicated = infos.keys() & file_infos.keys()
+        if duplicated:
+            raise CorruptHeader(f"{file.name}: tensors also in another shard: {sorted(duplicated)}")
+        infos.update(file_infos)
+        metadata = metadata or file_meta
+    if not infos:
+        raise NoWeights(f"{path}: the weights file holds no tensors")
+    if config_path is not None:
+        config = _parse_config(config_path.read_text(), str(config_path))
+    elif "config" in metadata:
+        config = _parse_config(metadata["config"], f"{files[0].name} __metadata__['config']")
+    else:
+        config = None
+    weights = LazyWeights(infos)
+    if check_finite:
+        for tensor_name, info in infos.items():
+            if info.is_float and not torch.isfinite(weights[tensor_name]).all():
+                raise NonFiniteWeights(
+                    f"{path}: tensor {tensor_name!r} holds NaN or infinite values"
+                )
+    return LoadedModel(
+        name=name if name is not None else str(source),
+        path=path,
+        files=files,
+        config=config,
+        weights=weights,
+        sha256=_sha256(files),
+        num_bytes=num_bytes,
+    )
+
+
+def save_model(
+    folder: str | Path,
+    state: Mapping[str, torch.Tensor],
+    config: dict | None,
+    *,
+    card: str | None = None,
+) -> Path:
+    """Write a model folder: ``model.safetensors`` (+ ``config.json``, optional ``README.md``).
+
+    Files are written to temporary names and renamed, so a crash leaves no half-written model.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    tmp = folder / f".{SINGLE_NAME}.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(folder / SINGLE_NAME)
+    if config is not None:
+        (folder / ".config.json.tmp").write_text(json.dumps(config, indent=2) + "\n")
+        (folder / ".config.json.tmp").replace(folder / "config.json")
+    if card is not None:
+        (folder / "README.md").write_text(card)
+    return folder

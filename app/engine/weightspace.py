@@ -1,0 +1,111 @@
+"""Weight-space evidence: compare θ_c with θ_p directly, no forward pass, no config needed.
+
+Tensors are compared where both models have a float tensor of the same shape under the same name
+(up to a base-model prefix such as ``bert.``), so a child whose head was replaced is compared on the
+rest. ``fp16``/``bf16`` weights are compared in float32.
+
+Hidden-unit permutation (the same function with scrambled weights) defeats ``weight-l2`` and
+``weight-cos``. ``spectrum_distance`` compares permutation-invariant statistics instead: the
+singular values of each weight matrix (conv kernels reshaped to (out, in·k·k)) and the sorted
+values of each vector. Permuting the rows or columns of W, as a hidden-unit or residual-stream
+permutation does, leaves both unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from app.engine.errors import IncompatibleModels
+from app.engine.model_files import LoadedModel
+
+
+def matched_tensors(parent: LoadedModel, child: LoadedModel) -> list[tuple[str, str]]:
+    """(parent name, child name) pairs of float tensors with equal shapes.
+
+    Names match exactly, or after dropping one leading module prefix on either side
+    (``bert.encoder.x`` ↔ ``encoder.x``): task models prefix their base model's names.
+    """
+    p_info = {n: i for n, i in parent.weights.infos.items() if i.is_float and 0 not in i.shape}
+    c_info = {n: i for n, i in child.weights.infos.items() if i.is_float and 0 not in i.shape}
+    pairs = []
+    c_by_suffix = {n.split(".", 1)[1]: n for n in c_info if "." in n}
+    p_by_suffix = {n.split(".", 1)[1]: n for n in p_info if "." in n}
+    for p_name, info in p_info.items():
+        c_name = next(
+            (
+                c
+                for c in (p_name, c_by_suffix.get(p_name))
+                if c is not None and c in c_info and c_info[c].shape == info.shape
+            ),
+            None,
+        )
+        if c_name is not None:
+            pairs.append((p_name, c_name))
+    if not pairs:  # the parent carries the prefix, the child does not
+        for c_name, info in c_info.items():
+            p_name = p_by_suffix.get(c_name)
+            if p_name is not None and p_info[p_name].shape == info.shape:
+                pairs.append((p_name, c_name))
+    if not pairs:
+        raise IncompatibleModels(
+            f"{child.name} and {parent.name} share no tensor of the same name and shape"
+        )
+    return pairs
+
+
+def _pairs_of_tensors(parent: LoadedModel, child: LoadedModel):
+    p_floats, c_floats = parent.float_tensors(), child.float_tensors()
+    for p_name, c_name in matched_tensors(parent, child):
+        yield p_name, p_floats[p_name], c_floats[c_name]
+
+
+def l2_distance(parent: LoadedModel, child: LoadedModel) -> float:
+    """‖θ_c − θ_p‖₂ over the matched tensors."""
+    total = sum(float((c - p).pow(2).sum()) for _, p, c in _pairs_of_tensors(parent, child))
+    return total**0.5
+
+
+def mean_cosine(parent: LoadedModel, child: LoadedModel) -> float:
+    """Mean over matched tensors of cos(θ_c^t, θ_p^t)."""
+    cosines = [
+        float(torch.nn.functional.cosine_similarity(c.flatten(), p.flatten(), dim=0))
+        for _, p, c in _pairs_of_tensors(parent, child)
+    ]
+    return sum(cosines) / len(cosines)
+
+
+def invariant_statistics(model: LoadedModel, name: str) -> torch.Tensor:
+    """Permutation-invariant summary of one tensor: singular values (matrices), sorted values."""
+    cache = model.cache.setdefault("spectrum", {})
+    if name not in cache:
+        tensor = model.float_tensors()[name]
+        if tensor.ndim >= 2:
+            cache[name] = torch.linalg.svdvals(tensor.reshape(tensor.shape[0], -1).double())
+        else:
+            cache[name] = tensor.reshape(-1).double().sort().values
+    return cache[name]
+
+
+def spectrum_distance(parent: LoadedModel, child: LoadedModel) -> float:
+    """sqrt(Σ_t ‖σ(θ_c^t) − σ(θ_p^t)‖²) with σ the invariant statistics above."""
+    total = 0.0
+    for p_name, c_name in matched_tensors(parent, child):
+        diff = invariant_statistics(child, c_name) - invariant_statistics(parent, p_name)
+        total += float(diff.pow(2).sum())
+    return total**0.5
+
+
+def relative_l2_distance(parent: LoadedModel, child: LoadedModel) -> float:
+    """‖θ_c − θ_p‖ / ‖θ_p‖ over the matched tensors."""
+    floats = parent.float_tensors()
+    norm = sum(float(floats[p].pow(2).sum()) for p, _ in matched_tensors(parent, child)) ** 0.5
+    return l2_distance(parent, child) / max(norm, 1e-30)
+
+
+def relative_spectrum_distance(parent: LoadedModel, child: LoadedModel) -> float:
+    """``spectrum_distance`` divided by the norm of the parent's invariant statistics."""
+    norm = sum(
+        float(invariant_statistics(parent, p).pow(2).sum())
+        for p, _ in matched_tensors(parent, child)
+    )
+    return spectrum_distance(parent, child) / max(norm**0.5, 1e-30)
