@@ -180,9 +180,7 @@ def _build_transformers(config: dict) -> Network:
     except KeyError:
         raise InvalidConfig(f"unknown model_type {model_type!r}") from None
     try:
-        hf_config = config_class.from_dict(
-            {k: v for k, v in config.items() if k != "model_type"}
-        )
+        hf_config = config_class.from_dict({k: v for k, v in config.items() if k != "model_type"})
         # Forward-mode AD (the exact linearisation) has no rule for the fused SDPA kernels.
         module = transformers.AutoModel.from_config(hf_config, attn_implementation="eager")
     except Exception as exc:  # transformers raises many types for bad configs
@@ -267,7 +265,9 @@ def model_state(
             parts.append(f"missing tensors: {', '.join(missing[:5])}")
         if misshapen:
             parts.append(f"wrong shapes: {', '.join(misshapen[:5])}")
-        raise ShapeMismatch(f"{model.name}: weights do not fit the architecture ({'; '.join(parts)})")
+        raise ShapeMismatch(
+            f"{model.name}: weights do not fit the architecture ({'; '.join(parts)})"
+        )
     return state, head_fits
 
 
@@ -291,3 +291,12 @@ def pair_states(
             f"{child.name} does not fit the architecture of {parent.name}: {exc.message}"
         ) from None
     return parent_state, child_state, parent_head and child_head
+
+
+def open_model(source, name: str | None = None, **load_options) -> LoadedModel:
+    """Load a model (see ``load_model``) and check its weights fit its own config."""
+    from app.engine.model_files import load_model
+
+    model = load_model(source, name, **load_options)
+    validate_architecture(model)
+    return model

@@ -168,9 +168,7 @@ def rank_candidates(
     kept: list[tuple[LoadedModel, dict[str, float]]] = []
     skipped: list[Skipped] = []
     for parent in parents:
-        ctx = PairContext(
-            parent, child, device, num_probes, probe_seed, taylor_alpha=taylor_alpha
-        )
+        ctx = PairContext(parent, child, device, num_probes, probe_seed, taylor_alpha=taylor_alpha)
         try:
             weightspace.matched_tensors(parent, child)
         except IncompatibleModels as exc:

@@ -296,7 +296,9 @@ def load_model(
     files, config_path = _weight_files(path)
     num_bytes = sum(f.stat().st_size for f in files)
     if num_bytes > max_bytes:
-        raise ModelTooLarge(f"{path}: weights are {num_bytes} bytes, above the limit of {max_bytes}")
+        raise ModelTooLarge(
+            f"{path}: weights are {num_bytes} bytes, above the limit of {max_bytes}"
+        )
     infos: dict[str, TensorInfo] = {}
     metadata: dict[str, str] = {}
     for file in files:
