@@ -36,7 +36,9 @@ class LineageMLP(nn.Module):
 
     def __init__(self, sizes: list[int], activation: str = "relu"):
         super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        )
         self.activation = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:

@@ -161,10 +161,7 @@ def rank_candidates(
     if not parents:
         raise InvalidArgument("no candidate parents given")
     calibration = calibration or load_calibration()
-    if method == AUTO:
-        components = list(calibration["auto"]["noise"])
-    else:
-        components = [get_method(method).name]
+    components = list(calibration["auto"]["noise"]) if method == AUTO else [get_method(method).name]
     kept: list[tuple[LoadedModel, dict[str, float]]] = []
     skipped: list[Skipped] = []
     for parent in parents:
@@ -188,7 +185,7 @@ def rank_candidates(
         reasons = "; ".join(f"{s.parent}: {s.reason}" for s in skipped)
         raise IncompatibleModels(f"no candidate can be compared with {child.name} ({reasons})")
     if method == AUTO:
-        # Only components every kept candidate has: a missing one cannot vote for some and not others.
+        # Only components that every kept candidate has: one cannot vote for some and not others.
         usable = [m for m in components if all(m in s for _, s in kept)]
         # A linearisation is a first-order model around θ_p: it means nothing when the child is
         # far from every candidate in weight space (permuted units, trained from scratch).
@@ -204,6 +201,6 @@ def rank_candidates(
     decision = decide(names, combined, method, calibration, relative)
     candidates = [
         CandidateScore(p.name, score, scores)
-        for (p, scores), score in sorted(zip(kept, combined), key=lambda t: -t[1])
+        for (p, scores), score in sorted(zip(kept, combined, strict=True), key=lambda t: -t[1])
     ]
     return Ranking(child.name, decision, candidates, skipped)

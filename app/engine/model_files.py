@@ -5,8 +5,8 @@ A model is a folder (``model.safetensors`` or shards with ``model.safetensors.in
 config as JSON. Weights are read only from safetensors, lazily and memory-mapped (``safe_open``);
 pickle formats are refused by name and never opened.
 
-Every header is checked before ``safe_open`` sees it, so that a bad file gets an error that says what
-is wrong (absurd header length, truncated data, unknown dtype) rather than a library traceback.
+Every header is checked before ``safe_open`` sees it, so that a bad file gets an error that says
+what is wrong (absurd header length, truncated data, unknown dtype) rather than a library traceback.
 """
 
 from __future__ import annotations
