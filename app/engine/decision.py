@@ -12,7 +12,9 @@ candidate is declared the parent only when the margin clears a threshold calibra
 benchmark zoos (``calibration.json``), else the answer is "no parent in the candidate set".
 Confidence = sigmoid((margin − threshold) / scale), the calibrated probability that the best
 candidate is the parent. With a single candidate there is no runner-up: the margin is then
-log(ρ₀ / ρ) for the relative weight distance ρ = min(‖θ_c − θ_p‖/‖θ_p‖, spectral analogue).
+log(ρ₀ / ρ) for the relative weight distance ρ = ‖θ_c − θ_p‖/‖θ_p‖. (Not the spectral analogue:
+networks of the same shape trained independently have alike spectra, so it cannot tell a stranger
+from a relative on its own; a permuted child therefore needs other candidates to be recognised.)
 """
 
 from __future__ import annotations
@@ -98,15 +100,6 @@ def auto_scores(component_scores: dict[str, list[float]], noise: dict[str, float
         logs = _log_distances([as_distance(method, s) for s in scores])
         centred.append((logs - logs.median()) / noise[method])
     return (-torch.stack(centred).sum(0)).tolist()
-
-
-def _relative_distance(parent: LoadedModel, child: LoadedModel) -> float:
-    """How far the child moved, relatively: the smaller of the plain and spectral relative distances
-    (the spectral one sees through hidden-unit permutations)."""
-    return min(
-        weightspace.relative_l2_distance(parent, child),
-        weightspace.relative_spectrum_distance(parent, child),
-    )
 
 
 def decide(
@@ -197,7 +190,11 @@ def rank_candidates(
     else:
         combined = [s[components[0]] for _, s in kept]
     names = [p.name for p, _ in kept]
-    relative = _relative_distance(kept[0][0], child) if len(kept) == 1 and method == AUTO else None
+    relative = (
+        weightspace.relative_l2_distance(kept[0][0], child)
+        if len(kept) == 1 and method == AUTO
+        else None
+    )
     decision = decide(names, combined, method, calibration, relative)
     candidates = [
         CandidateScore(p.name, score, scores)

@@ -21,7 +21,7 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from app.engine.errors import (
     CorruptHeader,
@@ -114,9 +114,29 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
         raise CorruptHeader(f"{path.name}: __metadata__ is not an object")
     data_len = size - 8 - header_len
     tensors: dict[str, TensorInfo] = {}
+    spans = []
     for name, entry in header.items():
         tensors[name] = _check_entry(path, name, entry, data_len)
+        spans.append((tuple(entry["data_offsets"]), name))
+    # Like safe_open: the byte ranges must tile the data section, no overlap, gap or leftover.
+    end = 0
+    for (start, stop), name in sorted(spans):
+        if start != end:
+            raise CorruptHeader(
+                f"{path.name}: tensor {name!r} starts at byte {start} of the data section where "
+                f"{end} was expected (overlapping or gapped data_offsets)"
+            )
+        end = stop
+    if end != data_len:
+        raise CorruptHeader(
+            f"{path.name}: {data_len - end} bytes after the last tensor; not a safetensors file"
+        )
     return tensors, {str(k): str(v) for k, v in metadata.items()}
+
+
+def _is_int(value: object) -> bool:
+    """An integer as JSON means it (Python's bools are ints; safetensors rejects them)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_entry(path: Path, name: str, entry: object, data_len: int) -> TensorInfo:
@@ -125,12 +145,12 @@ def _check_entry(path: Path, name: str, entry: object, data_len: int) -> TensorI
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if dtype not in DTYPE_SIZES:
         raise UnsupportedDtype(f"{path.name}: tensor {name!r} has unsupported dtype {dtype!r}")
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+    if not (isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape)):
         raise CorruptHeader(f"{path.name}: tensor {name!r} has invalid shape {shape!r}")
     if not (
         isinstance(offsets, list)
         and len(offsets) == 2
-        and all(isinstance(o, int) for o in offsets)
+        and all(_is_int(o) for o in offsets)
         and 0 <= offsets[0] <= offsets[1]
     ):
         raise CorruptHeader(f"{path.name}: tensor {name!r} has invalid data_offsets {offsets!r}")
@@ -161,7 +181,10 @@ class LazyWeights(Mapping[str, torch.Tensor]):
 
     def _handle(self, file: Path):
         if file not in self._handles:
-            self._handles[file] = safe_open(str(file), framework="pt", device="cpu")
+            try:
+                self._handles[file] = safe_open(str(file), framework="pt", device="cpu")
+            except SafetensorError as exc:
+                raise CorruptHeader(f"{file.name}: {exc}") from None
         return self._handles[file]
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -232,9 +255,11 @@ def _weight_files(path: Path) -> tuple[list[Path], Path | None]:
     index = path / INDEX_NAME
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             shard_names = sorted(set(weight_map.values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            if not all(isinstance(shard, str) for shard in shard_names):
+                raise TypeError("shard names must be strings")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # ValueError: JSON, UTF-8
             raise CorruptHeader(f"{index.name}: not a valid shard index ({exc})") from None
         files = []
         for shard in shard_names:
@@ -311,7 +336,11 @@ def load_model(
     if not infos:
         raise NoWeights(f"{path}: the weights file holds no tensors")
     if config_path is not None:
-        config = _parse_config(config_path.read_text(), str(config_path))
+        try:
+            text = config_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidConfig(f"{config_path}: not UTF-8 text ({exc})") from None
+        config = _parse_config(text, str(config_path))
     elif "config" in metadata:
         config = _parse_config(metadata["config"], f"{files[0].name} __metadata__['config']")
     else:
@@ -319,7 +348,12 @@ def load_model(
     weights = LazyWeights(infos)
     if check_finite:
         for tensor_name, info in infos.items():
-            if info.is_float and not torch.isfinite(weights[tensor_name]).all():
+            if not info.is_float:
+                continue
+            tensor = weights[tensor_name]
+            if tensor.element_size() == 1:  # float8: torch has no isfinite kernel for it
+                tensor = tensor.to(torch.float32)
+            if not torch.isfinite(tensor).all():
                 raise NonFiniteWeights(
                     f"{path}: tensor {tensor_name!r} holds NaN or infinite values"
                 )

@@ -13,6 +13,7 @@ permutation does, leaves both unchanged.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from app.engine.errors import IncompatibleModels
@@ -80,7 +81,13 @@ def invariant_statistics(model: LoadedModel, name: str) -> torch.Tensor:
     if name not in cache:
         tensor = model.float_tensors()[name]
         if tensor.ndim >= 2:
-            cache[name] = torch.linalg.svdvals(tensor.reshape(tensor.shape[0], -1).double())
+            matrix = tensor.reshape(tensor.shape[0], -1)
+            # σ(W) = sqrt(eig(WᵀW)) on the smaller side: an embedding of 30k rows costs a 384×384
+            # eigenproblem instead of a 30k×384 SVD.
+            gram = matrix.T @ matrix if matrix.shape[0] >= matrix.shape[1] else matrix @ matrix.T
+            # numpy's LAPACK: torch's CPU eigvalsh took 0.67 s on a 384×384 matrix here, numpy 0.03.
+            eigenvalues = torch.from_numpy(np.linalg.eigvalsh(gram.double().cpu().numpy()))
+            cache[name] = eigenvalues.clamp_min(0.0).flip(0).sqrt()
         else:
             cache[name] = tensor.reshape(-1).double().sort().values
     return cache[name]
@@ -101,11 +108,3 @@ def relative_l2_distance(parent: LoadedModel, child: LoadedModel) -> float:
     norm = sum(float(floats[p].pow(2).sum()) for p, _ in matched_tensors(parent, child)) ** 0.5
     return l2_distance(parent, child) / max(norm, 1e-30)
 
-
-def relative_spectrum_distance(parent: LoadedModel, child: LoadedModel) -> float:
-    """``spectrum_distance`` divided by the norm of the parent's invariant statistics."""
-    norm = sum(
-        float(invariant_statistics(parent, p).pow(2).sum())
-        for p, _ in matched_tensors(parent, child)
-    )
-    return spectrum_distance(parent, child) / max(norm**0.5, 1e-30)
