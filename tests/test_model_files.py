@@ -196,6 +196,36 @@ def test_shard_outside_the_folder_is_refused(tmp_path):
         load_model(folder)
 
 
+def test_index_that_misplaces_a_tensor_is_refused(tmp_path):
+    folder = tmp_path / "sharded"
+    weight_map = write_sharded(folder, mlp_state(3))
+    moved = next(iter(weight_map))
+    other = next(s for s in sorted(set(weight_map.values())) if s != weight_map[moved])
+    index = {"metadata": {}, "weight_map": {**weight_map, moved: other}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CorruptHeader, match=f"tensor '{moved}' is not in shard"):
+        load_model(folder)
+
+
+def test_index_naming_an_absent_tensor_is_refused(tmp_path):
+    folder = tmp_path / "sharded"
+    weight_map = write_sharded(folder, mlp_state(3))
+    index = {"metadata": {}, "weight_map": {**weight_map, "ghost": next(iter(weight_map.values()))}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CorruptHeader, match="'ghost' is not in shard"):
+        load_model(folder)
+
+
+def test_several_unindexed_files_beside_a_pickle_say_so(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name in ("a.safetensors", "b.safetensors"):
+        save_file({"x": torch.zeros(2)}, str(folder / name))
+    (folder / "pytorch_model.bin").write_bytes(b"not opened")
+    with pytest.raises(NoWeights, match="several .safetensors files"):
+        load_model(folder)
+
+
 @pytest.mark.parametrize(
     "content",
     [

@@ -237,8 +237,9 @@ class LoadedModel:
         return sum(math.prod(info.shape) for info in self.weights.infos.values())
 
 
-def _weight_files(path: Path) -> tuple[list[Path], Path | None]:
-    """The safetensors files of a model path, and its config.json if any."""
+def _weight_files(path: Path) -> tuple[list[Path], Path | None, dict[str, str] | None]:
+    """The safetensors files of a model path, its config.json if any, and the shard index's
+    weight map (tensor name → shard file) when the weights are sharded."""
     if not path.exists():
         raise ModelNotFound(f"{path}: no such file or folder")
     if path.is_file():
@@ -249,7 +250,7 @@ def _weight_files(path: Path) -> tuple[list[Path], Path | None]:
             )
         if path.suffix.lower() != ".safetensors":
             raise NoWeights(f"{path.name}: not a .safetensors file or a model folder")
-        return [path], None
+        return [path], None, None
     config = path / "config.json"
     config = config if config.is_file() else None
     index = path / INDEX_NAME
@@ -267,20 +268,20 @@ def _weight_files(path: Path) -> tuple[list[Path], Path | None]:
             if path.resolve() not in shard_path.parents or not shard_path.is_file():
                 raise TruncatedFile(f"{index.name}: shard {shard!r} is missing from {path}")
             files.append(shard_path)
-        return files, config
+        return files, config, weight_map
     if (path / SINGLE_NAME).is_file():
-        return [path / SINGLE_NAME], config
+        return [path / SINGLE_NAME], config, None
     found = sorted(path.glob("*.safetensors"))
     if len(found) == 1:
-        return found, config
+        return found, config, None
+    if len(found) > 1:
+        raise NoWeights(f"{path}: several .safetensors files and no {INDEX_NAME} to join them")
     pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
         raise PickleRefused(
             f"{path}: only pickle-based weights found ({', '.join(pickles)}); they are refused "
             "(they can run code when loaded); provide model.safetensors"
         )
-    if len(found) > 1:
-        raise NoWeights(f"{path}: several .safetensors files and no {INDEX_NAME} to join them")
     raise NoWeights(f"{path}: no model.safetensors in this folder")
 
 
@@ -318,7 +319,7 @@ def load_model(
     sorted order.
     """
     path = Path(source)
-    files, config_path = _weight_files(path)
+    files, config_path, weight_map = _weight_files(path)
     num_bytes = sum(f.stat().st_size for f in files)
     if num_bytes > max_bytes:
         raise ModelTooLarge(
@@ -333,6 +334,13 @@ def load_model(
             raise CorruptHeader(f"{file.name}: tensors also in another shard: {sorted(duplicated)}")
         infos.update(file_infos)
         metadata = metadata or file_meta
+    if weight_map is not None:
+        for tensor_name, shard in weight_map.items():
+            info = infos.get(tensor_name)
+            if info is None or info.file != (path / shard).resolve():
+                raise CorruptHeader(
+                    f"{INDEX_NAME}: tensor {tensor_name!r} is not in shard {shard!r}"
+                )
     if not infos:
         raise NoWeights(f"{path}: the weights file holds no tensors")
     if config_path is not None:

@@ -107,4 +107,3 @@ def relative_l2_distance(parent: LoadedModel, child: LoadedModel) -> float:
     floats = parent.float_tensors()
     norm = sum(float(floats[p].pow(2).sum()) for p, _ in matched_tensors(parent, child)) ** 0.5
     return l2_distance(parent, child) / max(norm, 1e-30)
-
