@@ -142,18 +142,23 @@ def demo(
         None, help="Where to write the demo zoo (default: a temporary folder)."
     ),
     family: str = typer.Option("mlp", help="mlp or cnn."),
+    all_methods: bool = typer.Option(
+        False, "--all-methods", help="Also print every method's top-1 accuracy on the zoo."
+    ),
 ) -> None:
     """Build a tiny zoo on this CPU, detect every child's parent and print the table."""
     from app.demo import DEMO_CONFIGS
     from app.demo import demo as run
+    from app.engine.methods import method_names
 
     if family not in DEMO_CONFIGS:
         _fail(f"unknown family {family!r}; choose one of {', '.join(DEMO_CONFIGS)}")
+    methods = method_names() if all_methods else None
     if out is None:
         with tempfile.TemporaryDirectory(prefix="lineage-demo-") as tmp:
-            typer.echo(run(Path(tmp), family))
+            typer.echo(run(Path(tmp), family, methods))
     else:
-        typer.echo(run(out, family))
+        typer.echo(run(out, family, methods))
 
 
 def main() -> None:

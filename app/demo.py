@@ -88,8 +88,14 @@ def build_demo_zoo(out: Path, family: str = "mlp", seed: int = 0) -> dict:
     return manifest
 
 
-def run_demo(out: Path, family: str = "mlp") -> list[DemoRow]:
-    """Build the zoo and detect every child among the parents that are not held out."""
+def run_demo(
+    out: Path, family: str = "mlp", methods: list[str] | None = None
+) -> tuple[list[DemoRow], dict[str, list[bool]]]:
+    """Build the zoo and detect every child among the parents that are not held out.
+
+    Returns the ``auto`` decisions, and for each name in ``methods`` whether its top-ranked
+    candidate was the true parent, for each child that has one among the candidates.
+    """
     manifest = build_demo_zoo(out, family)
     candidates = [
         open_model(out / name, name)
@@ -97,13 +103,20 @@ def run_demo(out: Path, family: str = "mlp") -> list[DemoRow]:
         if entry["role"] == "parent" and name != HELD_OUT
     ]
     rows = []
+    top1: dict[str, list[bool]] = {m: [] for m in methods or []}
     for name, entry in manifest["models"].items():
         if entry["role"] == "parent":
             continue
-        ranking = rank_candidates(open_model(out / name, name), candidates)
+        child = open_model(out / name, name)
+        ranking = rank_candidates(child, candidates)
         truth = entry["parent"] if entry["parent"] != HELD_OUT else None
         rows.append(DemoRow(name, truth, ranking.decision.parent, ranking.decision.confidence))
-    return rows
+        if truth is None:
+            continue
+        for method in top1:
+            top = rank_candidates(child, candidates, method).candidates[0].parent
+            top1[method].append(top == truth)
+    return rows, top1
 
 
 def format_rows(rows: list[DemoRow]) -> str:
@@ -119,9 +132,20 @@ def format_rows(rows: list[DemoRow]) -> str:
     return "\n".join(lines)
 
 
-def demo(out: Path, family: str = "mlp") -> str:
-    """Run the demo and return the printed report."""
+def format_top1(top1: dict[str, list[bool]]) -> str:
+    """Top-1 accuracy of each method on the children whose parent is a candidate."""
+    lines = [f"{'method':<16} top-1 (children with a parent among the candidates)"]
+    for method, hits in top1.items():
+        lines.append(f"{method:<16} {sum(hits)}/{len(hits)}")
+    return "\n".join(lines)
+
+
+def demo(out: Path, family: str = "mlp", methods: list[str] | None = None) -> str:
+    """Run the demo and return the printed report (with per-method top-1 if ``methods``)."""
     started = time.perf_counter()
-    rows = run_demo(out, family)
+    rows, top1 = run_demo(out, family, methods)
     elapsed = time.perf_counter() - started
-    return f"{format_rows(rows)}\nzoo in {out}, built and detected in {elapsed:.1f} s"
+    report = format_rows(rows)
+    if top1:
+        report += "\n\n" + format_top1(top1)
+    return f"{report}\nzoo in {out}, built and detected in {elapsed:.1f} s"
