@@ -139,3 +139,24 @@ def test_methods_lists_the_registry(cli):
     result = cli("methods", check=True)
     listed = [line.split()[0] for line in result.stdout.splitlines()]
     assert listed == ["auto", *METHODS]
+
+
+def test_without_configs_auto_uses_weight_evidence(mlp_zoo, tmp_path, cli):
+    """Bare .safetensors files (no architecture): weight-space evidence still decides."""
+    from safetensors.torch import save_file
+
+    def bare(folder, name):
+        model = open_model(folder)
+        path = tmp_path / f"{name}.safetensors"
+        save_file({k: model.weights[k] for k in model.weights}, str(path))
+        return path
+
+    child_folder, truth = mlp_zoo.children["child-5"]
+    child = bare(child_folder, "child")
+    parents = [bare(p, f"parent-{i}") for i, p in enumerate(mlp_zoo.candidates)]
+    out = detect_json(cli, child, parents)
+    assert out["decision"]["parent"] == str(parents[5])
+    assert set(out["candidates"][0]["scores"]) == {"weight-l2", "weight-cos", "weight-spectrum"}
+    lin = cli("detect", str(child), "--parents", *map(str, parents), "--method", "lin-l1")
+    assert lin.returncode == 2
+    assert "need its architecture" in lin.stderr
