@@ -20,21 +20,11 @@ import torch
 from safetensors.torch import save_file
 
 from app.engine.model_files import save_model
+from tests.factories import TINY_MLP_CONFIG as MLP_CONFIG
+from tests.factories import tiny_mlp_state as mlp_state
 
 REPO = Path(__file__).resolve().parents[1]
 EXIT_BAD_INPUT = 2
-MLP_CONFIG = {"model_type": "lineage-mlp", "sizes": [4, 8, 3], "activation": "relu"}
-MLP_SHAPES = {
-    "layers.0.weight": (8, 4),
-    "layers.0.bias": (8,),
-    "layers.1.weight": (3, 8),
-    "layers.1.bias": (3,),
-}
-
-
-def mlp_state(seed: int) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return {name: torch.randn(shape, generator=gen) for name, shape in MLP_SHAPES.items()}
 
 
 def run_detect(*args: str) -> subprocess.CompletedProcess:

@@ -33,25 +33,13 @@ from app.engine.errors import (
     UnsupportedDtype,
 )
 from app.engine.model_files import load_model, save_model
-
-MLP_CONFIG = {"model_type": "lineage-mlp", "sizes": [4, 8, 3], "activation": "relu"}
-MLP_SHAPES = {
-    "layers.0.weight": (8, 4),
-    "layers.0.bias": (8,),
-    "layers.1.weight": (3, 8),
-    "layers.1.bias": (3,),
-}
-
+from tests.factories import TINY_MLP_CONFIG as MLP_CONFIG
+from tests.factories import TINY_MLP_SHAPES as MLP_SHAPES
+from tests.factories import tiny_mlp_state as mlp_state
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def mlp_state(seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Valid weights for ``MLP_CONFIG``, seeded."""
-    gen = torch.Generator().manual_seed(seed)
-    return {name: torch.randn(shape, generator=gen).to(dtype) for name, shape in MLP_SHAPES.items()}
 
 
 def write_raw(path: Path, header: object, data: bytes = b"", *, length: int | None = None) -> Path:

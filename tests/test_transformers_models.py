@@ -40,6 +40,19 @@ def _fine_tune(model, task: int, steps: int = 30, lr: float = 3e-3):
     return model
 
 
+def _family(folder, model_class, config, tasks: list[int]) -> list:
+    """Parents fine-tuned from one random root, one per task, saved with ``save_pretrained``."""
+    root = model_class(config)
+    parents = []
+    for task in tasks:
+        parent = model_class(config)
+        parent.load_state_dict(root.state_dict())
+        _fine_tune(parent, task=task)
+        parent.save_pretrained(folder / f"parent-{task}")
+        parents.append(folder / f"parent-{task}")
+    return parents
+
+
 def _load_base_into(task_model, folder):
     source = transformers.BertModel.from_pretrained(folder)
     task_model.bert.load_state_dict(source.state_dict())
@@ -47,15 +60,7 @@ def _load_base_into(task_model, folder):
 
 def test_bert_task_child_is_attributed_to_its_base(tmp_path, cli):
     torch.manual_seed(0)
-    config = transformers.BertConfig(**BERT)
-    root = transformers.BertModel(config)
-    parents = []
-    for i in range(3):
-        parent = transformers.BertModel(config)
-        parent.load_state_dict(root.state_dict())
-        _fine_tune(parent, task=i + 1)
-        parent.save_pretrained(tmp_path / f"parent-{i}")
-        parents.append(tmp_path / f"parent-{i}")
+    parents = _family(tmp_path, transformers.BertModel, transformers.BertConfig(**BERT), [1, 2, 3])
     child = transformers.BertForSequenceClassification(
         transformers.BertConfig(**BERT, num_labels=3)
     )
@@ -79,14 +84,7 @@ def test_bert_task_child_is_attributed_to_its_base(tmp_path, cli):
 def test_gpt2_child_found_by_function_and_weights(tmp_path):
     torch.manual_seed(1)
     config = transformers.GPT2Config(**GPT2)
-    root = transformers.GPT2Model(config)
-    parents = []
-    for i in range(3):
-        parent = transformers.GPT2Model(config)
-        parent.load_state_dict(root.state_dict())
-        _fine_tune(parent, task=20 + i)
-        parent.save_pretrained(tmp_path / f"parent-{i}")
-        parents.append(tmp_path / f"parent-{i}")
+    parents = _family(tmp_path, transformers.GPT2Model, config, [20, 21, 22])
     child = transformers.GPT2Model(config)
     child.load_state_dict(transformers.GPT2Model.from_pretrained(parents[2]).state_dict())
     _fine_tune(child, task=30, steps=20, lr=1e-3)
