@@ -112,10 +112,6 @@ class Network:
     def param_names(self) -> list[str]:
         return [n for n, _ in self.module.named_parameters()]
 
-    @property
-    def state_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {n: tuple(t.shape) for n, t in self.module.state_dict().items()}
-
     def file_name(self, state_name: str, available: set[str]) -> str | None:
         """Where a state tensor lives in a model file (prefixed or not), or None."""
         for candidate in (state_name, self.file_prefix + state_name):

@@ -128,7 +128,6 @@ class Method:
     kind: str
     score: Callable[[PairContext], float]
     description: str
-    needs_forward: bool
     distance: bool
 
 
@@ -154,14 +153,13 @@ def _build_registry() -> dict[str, Method]:
     for sim in SIMILARITIES:
         is_distance = sim in _DISTANCE_SIMILARITIES
         methods[sim] = Method(
-            sim, "direct", _direct(sim), f"{sim} similarity of f_p and f_c", True, is_distance
+            sim, "direct", _direct(sim), f"{sim} similarity of f_p and f_c", is_distance
         )
         methods[f"lin-{sim}"] = Method(
             f"lin-{sim}",
             "linearized",
             _linearized(sim),
             f"{sim} similarity of the exactly linearised parent (JVP) and f_c",
-            True,
             is_distance,
         )
     for sim in SIMILARITY_GRADIENTS:
@@ -170,7 +168,6 @@ def _build_registry() -> dict[str, Method]:
             "taylor",
             _taylor(sim),
             f"{sim} similarity, linearised by the paper's Taylor shortcut (one VJP, scale α)",
-            True,
             False,  # the correction can push the score above 0
         )
     methods["weight-l2"] = Method(
@@ -178,7 +175,6 @@ def _build_registry() -> dict[str, Method]:
         "weight",
         lambda ctx: -weightspace.l2_distance(ctx.parent, ctx.child),
         "−‖θ_c − θ_p‖₂ over tensors of equal name and shape",
-        False,
         True,
     )
     methods["weight-cos"] = Method(
@@ -187,14 +183,12 @@ def _build_registry() -> dict[str, Method]:
         lambda ctx: weightspace.mean_cosine(ctx.parent, ctx.child),
         "mean per-tensor cosine of θ_c and θ_p",
         False,
-        False,
     )
     methods["weight-spectrum"] = Method(
         "weight-spectrum",
         "weight",
         lambda ctx: -weightspace.spectrum_distance(ctx.parent, ctx.child),
         "−distance of per-tensor singular values: robust to hidden-unit permutation",
-        False,
         True,
     )
     return methods
