@@ -83,9 +83,21 @@ class PairContext:
 
     @cached_property
     def child_output(self) -> torch.Tensor:
+        """f_c on the probes; the same for every candidate of one architecture, so it is kept on
+        the child and computed once per (architecture, head use, probes, device)."""
         _, child_state, use_head = self.states
-        with torch.no_grad():
-            return self.network.output(child_state, self.probes, use_head)  # (N, K)
+        key = (
+            "output",
+            json.dumps(self.parent.config, sort_keys=True),
+            use_head,
+            self.num_probes,
+            self.probe_seed,
+            str(self.device),
+        )
+        if key not in self.child.cache:
+            with torch.no_grad():
+                self.child.cache[key] = self.network.output(child_state, self.probes, use_head)
+        return self.child.cache[key]  # (N, K)
 
     @cached_property
     def linearized(self) -> tuple[torch.Tensor, torch.Tensor]:
