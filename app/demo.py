@@ -15,6 +15,7 @@ from pathlib import Path
 
 from app.engine.architectures import build_network, open_model
 from app.engine.decision import rank_candidates
+from app.engine.methods import AUTO
 from app.engine.model_files import save_model
 from app.engine.training import digits_task, initial_state, permute_hidden_units, train
 
@@ -114,8 +115,9 @@ def run_demo(
         if truth is None:
             continue
         for method in top1:
-            top = rank_candidates(child, candidates, method).candidates[0].parent
-            top1[method].append(top == truth)
+            # auto's ranking is the one just made; the other methods rank anew.
+            ranked = ranking if method == AUTO else rank_candidates(child, candidates, method)
+            top1[method].append(ranked.candidates[0].parent == truth)
     return rows, top1
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from app.engine.errors import IncompatibleModels, InvalidConfig, ShapeMismatch
-from app.engine.model_files import LoadedModel
+from app.engine.model_files import LoadedModel, load_model
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
@@ -293,8 +293,6 @@ def pair_states(
 
 def open_model(source, name: str | None = None, **load_options) -> LoadedModel:
     """Load a model (see ``load_model``) and check its weights fit its own config."""
-    from app.engine.model_files import load_model
-
     model = load_model(source, name, **load_options)
     validate_architecture(model)
     return model
