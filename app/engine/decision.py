@@ -19,24 +19,17 @@ from a relative on its own; a permuted child therefore needs other candidates to
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 
 import torch
 
 from app.engine import weightspace
+from app.engine.calibration import load_calibration
 from app.engine.errors import IncompatibleModels, InvalidArgument
-from app.engine.methods import AUTO, DEFAULT_TAYLOR_ALPHA, PairContext, get_method
+from app.engine.methods import AUTO, PairContext, get_method
 from app.engine.model_files import LoadedModel
 from app.engine.probes import DEFAULT_NUM_PROBES, DEFAULT_PROBE_SEED
-
-
-def load_calibration() -> dict:
-    """The calibrated constants of ``auto`` (written by the benchmark)."""
-    text = resources.files("app.engine").joinpath("calibration.json").read_text()
-    return json.loads(text)
 
 
 @dataclass
@@ -78,7 +71,8 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(min(x, 50.0), -50.0)))
 
 
-def _log_distances(distances: list[float]) -> torch.Tensor:
+def log_distances(distances: list[float]) -> torch.Tensor:
+    """log D, with zeros floored just below the smallest positive scale."""
     values = torch.tensor(distances, dtype=torch.float64).clamp_min(0.0)
     floor = 1e-12 * float(values.max()) + 1e-30
     return values.clamp_min(floor).log()
@@ -97,9 +91,29 @@ def auto_scores(component_scores: dict[str, list[float]], noise: dict[str, float
     """
     centred = []
     for method, scores in component_scores.items():
-        logs = _log_distances([as_distance(method, s) for s in scores])
+        logs = log_distances([as_distance(method, s) for s in scores])
         centred.append((logs - logs.median()) / noise[method])
     return (-torch.stack(centred).sum(0)).tolist()
+
+
+def combine_auto(
+    candidate_scores: list[dict[str, float]], nearest_relative: float, calibration: dict
+) -> list[float]:
+    """``auto``'s score of each candidate from its component scores.
+
+    ``nearest_relative``: the smallest relative weight distance ‖θ_c − θ_p‖/‖θ_p‖ over the
+    candidates. Shared by ``rank_candidates`` and the benchmark, so both decide alike.
+    """
+    components = calibration["auto"]["noise"]
+    # Only components that every candidate has: one cannot vote for some and not others.
+    usable = [m for m in components if all(m in s for s in candidate_scores)]
+    # A linearisation is a first-order model around θ_p: it means nothing when the child is
+    # far from every candidate in weight space (permuted units, trained from scratch).
+    if nearest_relative > calibration["auto"]["linearization_max_relative"]:
+        usable = [m for m in usable if get_method(m).kind != "linearized"]
+    if not usable:
+        return [0.0] * len(candidate_scores)
+    return auto_scores({m: [s[m] for s in candidate_scores] for m in usable}, components)
 
 
 def decide(
@@ -142,7 +156,7 @@ def rank_candidates(
     device: torch.device | str = "cpu",
     num_probes: int = DEFAULT_NUM_PROBES,
     probe_seed: int = DEFAULT_PROBE_SEED,
-    taylor_alpha: float = DEFAULT_TAYLOR_ALPHA,
+    taylor_alpha: float | None = None,
     calibration: dict | None = None,
 ) -> Ranking:
     """Score every candidate parent of ``child`` and decide; candidates best first.
@@ -178,15 +192,8 @@ def rank_candidates(
         reasons = "; ".join(f"{s.parent}: {s.reason}" for s in skipped)
         raise IncompatibleModels(f"no candidate can be compared with {child.name} ({reasons})")
     if method == AUTO:
-        # Only components that every kept candidate has: one cannot vote for some and not others.
-        usable = [m for m in components if all(m in s for _, s in kept)]
-        # A linearisation is a first-order model around θ_p: it means nothing when the child is
-        # far from every candidate in weight space (permuted units, trained from scratch).
         nearest = min(weightspace.relative_l2_distance(p, child) for p, _ in kept)
-        if nearest > calibration["auto"]["linearization_max_relative"]:
-            usable = [m for m in usable if get_method(m).kind != "linearized"]
-        noise = calibration["auto"]["noise"]
-        combined = auto_scores({m: [s[m] for _, s in kept] for m in usable}, noise)
+        combined = combine_auto([s for _, s in kept], nearest, calibration)
     else:
         combined = [s[components[0]] for _, s in kept]
     names = [p.name for p, _ in kept]

@@ -61,19 +61,19 @@ def linearized_outputs(
     return f_p.detach(), (f_p + jacobian_delta).detach()
 
 
-def taylor_similarities(
+def taylor_terms(
     network: Network,
     parent_state: dict[str, torch.Tensor],
     delta: dict[str, torch.Tensor],
     x: torch.Tensor,
     f_c: torch.Tensor,
     use_head: bool,
-    alphas: dict[str, float],
-) -> dict[str, float]:
-    """Taylor-shortcut similarity for each name in ``alphas`` (keys of SIMILARITY_GRADIENTS).
+    names: list[str],
+) -> dict[str, tuple[float, float]]:
+    """(s(f_p, f_c), ⟨vjp(Π), Δθ⟩) for each similarity name (keys of SIMILARITY_GRADIENTS).
 
     One forward pass, then one VJP per similarity: the correction term is
-    ⟨vjp(Π), Δθ⟩ = Σ_i Π_i · J_i Δθ.
+    ⟨vjp(Π), Δθ⟩ = Σ_i Π_i · J_i Δθ. The Taylor similarity is base + α·correction.
     """
     params, buffers = _split(network, parent_state)
 
@@ -84,10 +84,23 @@ def taylor_similarities(
     f_p = f_p.detach()
     d = f_p - f_c
     results = {}
-    for name, alpha in alphas.items():
+    for name in names:
         pi = SIMILARITY_GRADIENTS[name](d)  # (N, K)
         (grads,) = pullback(pi)
         correction = sum((grads[n] * delta[n]).sum() for n in params)
-        base = SIMILARITIES[name](f_p, f_c)
-        results[name] = float(base + alpha * correction)
+        results[name] = (float(SIMILARITIES[name](f_p, f_c)), float(correction))
     return results
+
+
+def taylor_similarities(
+    network: Network,
+    parent_state: dict[str, torch.Tensor],
+    delta: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    f_c: torch.Tensor,
+    use_head: bool,
+    alphas: dict[str, float],
+) -> dict[str, float]:
+    """Taylor-shortcut similarity s(f_p, f_c) + α·⟨vjp(Π), Δθ⟩ for each name in ``alphas``."""
+    terms = taylor_terms(network, parent_state, delta, x, f_c, use_head, list(alphas))
+    return {name: base + alphas[name] * corr for name, (base, corr) in terms.items()}

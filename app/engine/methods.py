@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 import torch
 
 from app.engine import weightspace
 from app.engine.architectures import Network, build_network, pair_states
+from app.engine.calibration import taylor_alpha
 from app.engine.errors import IncompatibleModels, InvalidConfig, UnknownMethod
-from app.engine.linearize import linearized_outputs, parameter_delta, taylor_similarities
+from app.engine.linearize import linearized_outputs, parameter_delta, taylor_terms
 from app.engine.metrics import SIMILARITIES, SIMILARITY_GRADIENTS
 from app.engine.model_files import LoadedModel
 from app.engine.probes import DEFAULT_NUM_PROBES, DEFAULT_PROBE_SEED, probe_inputs
-
-# Scale of the Taylor correction per similarity. 0.01 is the reference code's value; see
-# docs/benchmarks.md for how it compares with α = 1 on our zoos.
-DEFAULT_TAYLOR_ALPHA = 0.01
 
 
 @lru_cache(maxsize=8)
@@ -55,8 +52,8 @@ class PairContext:
     device: torch.device | str = "cpu"
     num_probes: int = DEFAULT_NUM_PROBES
     probe_seed: int = DEFAULT_PROBE_SEED
-    taylor_alpha: float = DEFAULT_TAYLOR_ALPHA
-    _taylor: dict[str, float] = field(default_factory=dict, repr=False)
+    # Scale α of the Taylor correction; None: each similarity's calibrated α (docs/benchmarks.md).
+    taylor_alpha: float | None = None
 
     @cached_property
     def network(self) -> Network:
@@ -113,23 +110,25 @@ class PairContext:
         with torch.no_grad():
             return self.network.output(parent_state, self.probes, use_head)  # (N, K)
 
+    @cached_property
+    def taylor_terms(self) -> dict[str, tuple[float, float]]:
+        """(s(f_p, f_c), correction) per similarity, from one forward pass and VJPs."""
+        parent_state, _, use_head = self.states
+        return taylor_terms(
+            self.network,
+            parent_state,
+            self.delta,
+            self.probes,
+            self.child_output,
+            use_head,
+            list(SIMILARITY_GRADIENTS),
+        )
+
     def taylor(self, similarity: str) -> float:
-        """Taylor-shortcut similarity; all supported similarities share one forward pass."""
-        if not self._taylor:
-            parent_state, _, use_head = self.states
-            alphas = {name: self.taylor_alpha for name in SIMILARITY_GRADIENTS}
-            self._taylor.update(
-                taylor_similarities(
-                    self.network,
-                    parent_state,
-                    self.delta,
-                    self.probes,
-                    self.child_output,
-                    use_head,
-                    alphas,
-                )
-            )
-        return self._taylor[similarity]
+        """Taylor-shortcut similarity s(f_p, f_c) + α·correction."""
+        base, correction = self.taylor_terms[similarity]
+        alpha = self.taylor_alpha if self.taylor_alpha is not None else taylor_alpha(similarity)
+        return base + alpha * correction
 
 
 @dataclass(frozen=True)

@@ -1,29 +1,39 @@
 """Small, seeded training loops that make model zoos on a CPU in seconds.
 
-Used by ``lineage demo``, the zoo builder and the tests. Data comes from scikit-learn's bundled
-digits; a "task" is the digits with its labels relabelled by a seeded permutation, so parents
-fine-tuned on different tasks really move apart, as fine-tunes on different data sets do.
+Used by ``lineage demo``, the zoo builder and the tests. Image and vector data come from
+scikit-learn's bundled digits; a "task" is the digits with its labels relabelled by a seeded
+permutation, so parents fine-tuned on different tasks really move apart, as fine-tunes on
+different data sets do. ``transformers`` networks train as causal language models with their
+input embeddings as the (tied) output layer; their labels are the next tokens (``y`` is None).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from app.engine.architectures import Network, build_network
 from app.engine.probes import digits
 
 
 def initial_state(config: dict, seed: int) -> dict[str, torch.Tensor]:
-    """A freshly initialised state for ``config``, seeded."""
+    """A freshly initialised state for ``config``, seeded: different seeds share no weights."""
     torch.manual_seed(seed)
     network = build_network(config)
     torch.manual_seed(seed)
     for module in network.module.modules():
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
+        else:
+            # Modules without their own initialiser (transformers' Conv1D) would otherwise keep
+            # build_network's fixed-seed values, and every "independent" model would share them.
+            for param in module.parameters(recurse=False):
+                if param.dim() >= 2:
+                    nn.init.normal_(param, std=0.02)
     return {k: v.detach().clone() for k, v in network.module.state_dict().items()}
 
 
@@ -54,19 +64,45 @@ def digits_task(
     return x, y
 
 
+def task_logits(network: Network, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The task's logits: class scores (N, C), or next-token scores (N, L, V) for a language
+    model, whose output layer is its input embedding matrix (GPT-2's tied head)."""
+    if network.family == "transformers":
+        hidden = module(x, attention_mask=torch.ones_like(x)).last_hidden_state  # (N, L, H)
+        return hidden @ module.get_input_embeddings().weight.T
+    return module(x)
+
+
+def task_loss(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy on the labels, or on the next token when ``y`` is None."""
+    if y is None:
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten())
+    return F.cross_entropy(logits, y)
+
+
+# regulariser(module, x_batch, logits) -> extra loss term (EWC, distillation toward a teacher...)
+Regulariser = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def train(
     network: Network,
     state: dict[str, torch.Tensor],
     x: torch.Tensor,
-    y: torch.Tensor,
+    y: torch.Tensor | None,
     *,
     steps: int,
     lr: float,
     seed: int,
     batch_size: int = 64,
     weight_decay: float = 0.0,
+    regulariser: Regulariser | None = None,
+    task_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """Fine-tune ``state`` on (x, y) with Adam and cross-entropy; return the new state."""
+    """Fine-tune ``state`` on (x, y) with Adam; return the new state.
+
+    The loss is ``task_weight`` × cross-entropy (``task_loss``) plus ``regulariser`` when given;
+    ``task_weight=0`` trains on the regulariser alone (distillation from scratch).
+    """
     torch.manual_seed(seed)
     module = copy.deepcopy(network.module).cpu()
     module.load_state_dict(state)
@@ -75,7 +111,11 @@ def train(
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         index = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=generator)
-        loss = F.cross_entropy(module(x[index]), y[index])
+        xb = x[index]
+        logits = task_logits(network, module, xb)
+        loss = task_weight * task_loss(logits, xb, None if y is None else y[index])
+        if regulariser is not None:
+            loss = loss + regulariser(module, xb, logits)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

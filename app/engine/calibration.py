@@ -1,0 +1,28 @@
+"""The calibrated constants of the engine (``calibration.json``, written by ``lineage bench``).
+
+``auto``: its components and their noise σ, the linearisation cut-off, the decision threshold and
+scale. ``taylor_alpha``: the scale α of each Taylor similarity's correction. ``open_set``: each
+single method's "no parent" margin threshold (used by the benchmark's open-set table).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import lru_cache
+from importlib import resources
+
+
+@lru_cache(maxsize=1)
+def _read() -> dict:
+    return json.loads(resources.files("app.engine").joinpath("calibration.json").read_text())
+
+
+def load_calibration() -> dict:
+    """A copy of the calibrated constants (callers may change theirs freely)."""
+    return copy.deepcopy(_read())
+
+
+def taylor_alpha(similarity: str) -> float:
+    """The calibrated scale α of the Taylor correction for ``similarity``."""
+    return float(_read().get("taylor_alpha", {}).get(similarity, 0.01))
