@@ -83,7 +83,9 @@ def detect(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     probes: int = typer.Option(64, help="Number of probe inputs N."),
     seed: int = typer.Option(0, help="Seed of the probe inputs."),
-    taylor_alpha: float = typer.Option(0.01, help="Scale α of the Taylor correction."),
+    taylor_alpha: float = typer.Option(
+        None, help="Scale α of the Taylor correction (default: each similarity's calibrated α)."
+    ),
 ) -> None:
     """Rank candidate parents for CHILD, best first, and decide which (if any) is its parent.
 
@@ -159,6 +161,109 @@ def demo(
             typer.echo(run(Path(tmp), family, methods))
     else:
         typer.echo(run(out, family, methods))
+
+
+zoo_cli = typer.Typer(no_args_is_help=True, help="Build model zoos for the benchmark.")
+cli.add_typer(zoo_cli, name="zoo")
+
+
+def _progress(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@zoo_cli.command("build")
+def zoo_build(
+    family: str = typer.Argument(..., help="mlp, cnn or gpt2."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the zoo into."),
+    seed: int = typer.Option(0, help="Seed of the zoo (initialisation, tasks, batches)."),
+    size: str = typer.Option("small", help="tiny (tests), small (benchmark) or full."),
+    quiet: bool = typer.Option(False, "--quiet", help="Do not print progress."),
+) -> None:
+    """Train a zoo of FAMILY on this CPU and write its models and manifest.json to --out."""
+    from app.bench.zoo import build_zoo
+
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} exists and is not a folder")
+    try:
+        manifest = build_zoo(family, out, seed, size, (lambda _: None) if quiet else _progress)
+    except LineageError as exc:
+        _fail(exc.message)
+    queries = sum(len(q) for q in manifest["splits"].values())
+    typer.echo(
+        f"{len(manifest['models'])} models, {queries} queries in {len(manifest['splits'])} splits, "
+        f"built in {manifest['build_seconds']} s: {out / 'manifest.json'}"
+    )
+
+
+def _split_names(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [v for value in values for v in value.split(",") if v]
+
+
+@cli.command()
+def bench(
+    zoo: Path = typer.Argument(
+        ..., help="A zoo folder, or a benchmark folder holding one zoo per family and seed."
+    ),
+    methods: list[str] = typer.Option(
+        None, "--methods", help="Methods to score (repeat or comma-separate; default: all)."
+    ),
+    seeds: int = typer.Option(3, help="Reported zoo seeds 0..K-1 per family."),
+    families: list[str] = typer.Option(
+        None, "--families", help="Families (repeat or comma-separate; default: mlp, cnn, gpt2)."
+    ),
+    size: str = typer.Option("small", help="Zoo size when zoos are built: tiny, small or full."),
+    out: Path = typer.Option(None, "--out", help="Write the report here (and its .png plot)."),
+    calibrate: bool = typer.Option(
+        False,
+        "--calibrate",
+        help="First fit the engine's constants on held-out calibration zoos.",
+    ),
+    calibration_out: Path = typer.Option(
+        None, help="Where --calibrate writes (default: the engine's calibration.json)."
+    ),
+    device: str = typer.Option("cpu", help="auto, cpu, cuda or cuda:N."),
+    probes: int = typer.Option(64, help="Number of probe inputs N."),
+    reuse_scores: bool = typer.Option(
+        False, "--reuse-scores", help="Reuse each zoo's results.json when it covers the methods."
+    ),
+    scale_timing: bool = typer.Option(
+        False, "--scale-timing", help="Also time every method on a MiniLM-sized pair (22.7M)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="Do not print progress."),
+) -> None:
+    """Score every method on every split of the zoos; print (and write) the benchmark report."""
+    from app.bench.run import default_calibration_path, run_bench
+
+    if zoo.exists() and not zoo.is_dir():
+        _fail(f"{zoo} is not a folder")
+    if probes < 2:
+        _fail("--probes must be at least 2")
+    command = "lineage bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "lineage bench"
+    try:
+        torch_device = _device(device)
+        target = (calibration_out or default_calibration_path()) if calibrate else None
+        report, _ = run_bench(
+            zoo,
+            families=_split_names(families) or ["mlp", "cnn", "gpt2"],
+            seeds=seeds,
+            size=size,
+            methods=_split_names(methods),
+            out=out,
+            calibrate_into=target,
+            device=str(torch_device),
+            probes=probes,
+            reuse=reuse_scores,
+            scale_timing=scale_timing,
+            command=command,
+            log=(lambda _: None) if quiet else _progress,
+        )
+    except LineageError as exc:
+        _fail(exc.message)
+    except OSError as exc:
+        _fail(f"cannot write {exc.filename or 'a file'}: {exc.strerror or exc}")
+    typer.echo(report if out is None else f"report written to {out}")
 
 
 def main() -> None:

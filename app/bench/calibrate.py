@@ -1,0 +1,175 @@
+"""Choose the engine's constants on calibration zoos that the report never shows.
+
+Held-out discipline: the calibration zoos are built with their own seeds (``CALIBRATION_SEED``),
+so their roots, parents, children and tasks are not those of the reported zoos (seeds 0..K−1).
+From their raw scores this module sets, in ``app/engine/calibration.json``:
+
+1. ``taylor_alpha``: for each Taylor similarity, the scale α of the grid with the best mean top-1
+   (macro average over families × splits);
+2. ``auto.noise``: each candidate component's noise σ_m, the root-mean-square of its centred log
+   distances log D − median log D over the candidates of orphan queries (no relative among them);
+3. ``auto``'s components: greedy forward selection from ``AUTO_POOL``, adding the component that
+   most raises the macro top-1 until none does;
+4. ``auto.threshold`` and ``auto.scale``: a logistic fit of P(best candidate is the parent) on
+   ``auto``'s margin, so confidence = sigmoid((margin − threshold)/scale) is that probability on
+   the calibration zoos, and the parent is named when it is at least 1/2;
+5. ``open_set``: for every other method, the margin threshold below which it answers "no parent"
+   (best balanced accuracy), so the benchmark can report each method's open-set precision/recall.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+from datetime import date
+
+import numpy as np
+
+from app.bench.scoring import best_and_margin, judged, scores
+from app.engine.decision import as_distance, log_distances
+from app.engine.methods import AUTO, METHODS
+from app.engine.metrics import SIMILARITY_GRADIENTS
+
+CALIBRATION_SEED = 100
+ALPHA_GRID = (0.001, 0.01, 0.1, 1.0)
+AUTO_POOL = (
+    "weight-l2",
+    "weight-cos",
+    "weight-spectrum",
+    "l1",
+    "l2",
+    "lse",
+    "cka",
+    "dc",
+    "lin-l1",
+    "lin-l2",
+    "lin-lse",
+    "lin-cka",
+)
+ORPHANS = "orphans"
+
+
+def positive_cells(results: list[dict]):
+    """(family, split, queries) for every split whose queries have their answer among the
+    candidates."""
+    for result in results:
+        for split, queries in result["splits"].items():
+            if split != ORPHANS and queries:
+                yield result["family"], split, queries
+
+
+def macro_top1(results: list[dict], method: str, calibration: dict, alpha=None) -> float:
+    """Mean over (family, split) cells of the top-1 accuracy."""
+    cells = [
+        statistics.fmean(judged(q, method, calibration, alpha)["correct"] for q in queries)
+        for _, _, queries in positive_cells(results)
+    ]
+    return statistics.fmean(cells)
+
+
+def component_noise(results: list[dict], method: str) -> float:
+    """RMS of log D − median log D over orphan queries' candidates."""
+    centred = []
+    for result in results:
+        for query in result["splits"].get(ORPHANS, []):
+            if method not in query["scores"]:
+                continue
+            logs = log_distances([as_distance(method, s) for s in query["scores"][method]])
+            centred.extend((logs - logs.median()).tolist())
+    if not centred:
+        return 1.0
+    return max(math.sqrt(statistics.fmean(c * c for c in centred)), 1e-6)
+
+
+def _labelled_margins(results: list[dict], method: str, calibration: dict):
+    """(margin, 1 if the best candidate is the true parent else 0) over every query."""
+    margins, labels = [], []
+    for result in results:
+        for queries in result["splits"].values():
+            for query in queries:
+                values = scores(query, method, calibration)
+                best, margin = best_and_margin(method, values)
+                margins.append(margin)
+                labels.append(int(query["candidates"][best] == query["truth"]))
+    return np.array(margins), np.array(labels)
+
+
+def balanced_threshold(margins: np.ndarray, labels: np.ndarray) -> float:
+    """The margin threshold with the best balanced accuracy of "named" (margin ≥ t) against
+    "the best candidate is the parent"."""
+    finite = np.isfinite(margins)
+    margins, labels = margins[finite], labels[finite]
+    if labels.all() or not labels.any():
+        return float(margins.min()) if len(margins) else 0.0
+    best_t, best_score = 0.0, -1.0
+    candidates = np.unique(margins)
+    for t in np.concatenate([candidates, [candidates.max() + 1.0]]):
+        named = margins >= t
+        score = 0.5 * (named[labels == 1].mean() + (~named[labels == 0]).mean())
+        if score > best_score:
+            best_t, best_score = float(t), score
+    return best_t
+
+
+def logistic_threshold(margins: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(threshold, scale) of the logistic fit P(parent) = sigmoid((margin − threshold)/scale)."""
+    from sklearn.linear_model import LogisticRegression
+
+    finite = np.isfinite(margins)
+    x, y = margins[finite, None], labels[finite]
+    if y.all() or not y.any():
+        return balanced_threshold(margins, labels), 1.0
+    fit = LogisticRegression(C=100.0).fit(x, y)
+    w, b = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    if w <= 1e-9:
+        return balanced_threshold(margins, labels), 1.0
+    return -b / w, 1.0 / w
+
+
+def calibrate(results: list[dict], base: dict, log=lambda _: None) -> dict:
+    """New calibration constants (a copy of ``base`` with the fitted values)."""
+    calibration = copy.deepcopy(base)
+    alphas = {}
+    for similarity in SIMILARITY_GRADIENTS:
+        method = f"taylor-{similarity}"
+        accuracy = {a: macro_top1(results, method, calibration, a) for a in ALPHA_GRID}
+        alphas[similarity] = max(ALPHA_GRID, key=lambda a: (accuracy[a], -abs(math.log10(a))))
+        log(f"{method}: " + ", ".join(f"α={a}: {v:.3f}" for a, v in accuracy.items()))
+    calibration["taylor_alpha"] = alphas
+    pool = [m for m in AUTO_POOL if all(m in r["methods"] for r in results)]
+    noise = {m: component_noise(results, m) for m in pool}
+    selected: list[str] = []
+    best = -1.0
+    while True:
+        trials = {}
+        for method in pool:
+            if method in selected:
+                continue
+            calibration["auto"]["noise"] = {m: noise[m] for m in [*selected, method]}
+            trials[method] = macro_top1(results, AUTO, calibration)
+        if not trials:
+            break
+        method = max(trials, key=trials.get)
+        if trials[method] <= best + 1e-9:
+            break
+        selected.append(method)
+        best = trials[method]
+        log(f"auto + {method}: macro top-1 {best:.3f}")
+    calibration["auto"]["noise"] = {m: round(noise[m], 4) for m in selected}
+    threshold, scale = logistic_threshold(*_labelled_margins(results, AUTO, calibration))
+    calibration["auto"]["threshold"] = round(threshold, 4)
+    calibration["auto"]["scale"] = round(scale, 4)
+    calibration["open_set"] = {}
+    for method in METHODS:
+        if all(method in r["methods"] for r in results):
+            margins, labels = _labelled_margins(results, method, calibration)
+            calibration["open_set"][method] = round(balanced_threshold(margins, labels), 4)
+    families = sorted({r["family"] for r in results})
+    seeds = sorted({r["seed"] for r in results})
+    calibration["source"] = (
+        f"`lineage bench --calibrate` on {date.today().isoformat()}: calibration zoos "
+        f"{', '.join(families)} (seed {', '.join(map(str, seeds))}, size "
+        f"{results[0]['size']}), never the reported zoos"
+    )
+    return calibration

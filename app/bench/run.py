@@ -1,0 +1,165 @@
+"""``lineage bench``: build what is missing, calibrate on held-out zoos, score, write the report.
+
+Layout of a benchmark folder ``ROOT``: one zoo per family and seed, ``ROOT/{family}-seed{s}``,
+each with its ``manifest.json`` and, once scored, its ``results.json``. Reported seeds are
+0..K−1; calibration zoos use ``CALIBRATION_SEED`` and are never reported.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+from app.bench.calibrate import AUTO_POOL, CALIBRATION_SEED, calibrate
+from app.bench.evaluate import evaluate_zoo, time_at_scale
+from app.bench.report import NOTES_MARKER, plot, render, summarize
+from app.bench.zoo import CONFIGS, MANIFEST, build_zoo, read_manifest
+from app.engine.calibration import load_calibration
+from app.engine.errors import InvalidArgument
+from app.engine.methods import AUTO, METHODS
+
+RESULTS = "results.json"
+
+
+def default_calibration_path() -> Path:
+    """The engine's ``calibration.json`` (inside the installed package)."""
+    return Path(str(resources.files("app.engine").joinpath("calibration.json")))
+
+
+def resolve_methods(requested: list[str] | None, calibration: dict, calibrating: bool) -> list[str]:
+    """The registry methods to score: those asked for (default all), plus what ``auto`` needs."""
+    names = [m for m in (requested or list(METHODS)) if m != AUTO]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise InvalidArgument(
+            f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS)} (or auto)"
+        )
+    needed = list(AUTO_POOL) if calibrating else list(calibration["auto"]["noise"])
+    wanted = set(names) | set(needed)
+    return [m for m in METHODS if m in wanted]
+
+
+def zoo_path(root: Path, family: str, seed: int) -> Path:
+    return root / f"{family}-seed{seed}"
+
+
+def _zoo_results(
+    zoo: Path,
+    family: str,
+    seed: int,
+    size: str,
+    methods: list[str],
+    components: list[str],
+    options: dict,
+    reuse: bool,
+    log: Callable[[str], None],
+) -> dict:
+    if not (zoo / MANIFEST).is_file():
+        build_zoo(family, zoo, seed, size, log)
+    elif read_manifest(zoo)["size"] != size:
+        raise InvalidArgument(f"{zoo} holds a zoo of another size; remove it or pass its --size")
+    cached = zoo / RESULTS
+    if reuse and cached.is_file():
+        result = json.loads(cached.read_text())
+        if set(methods) <= set(result["methods"]) and result["num_probes"] == options["probes"]:
+            log(f"{zoo.name}: reusing {RESULTS}")
+            return result
+    result = evaluate_zoo(zoo, methods, components, options["device"], options["probes"], log)
+    tmp = cached.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(cached)
+    return result
+
+
+def run_bench(
+    root: Path,
+    *,
+    families: list[str],
+    seeds: int,
+    size: str = "small",
+    methods: list[str] | None = None,
+    out: Path | None = None,
+    calibrate_into: Path | None = None,
+    device: str = "cpu",
+    probes: int = 64,
+    reuse: bool = False,
+    scale_timing: bool = False,
+    command: str = "lineage bench",
+    log: Callable[[str], None] = lambda _: None,
+) -> tuple[str, dict]:
+    """Run the benchmark under ``root`` and return (report markdown, calibration used).
+
+    ``root`` holding a ``manifest.json`` is one zoo, benchmarked alone; otherwise zoos for
+    ``families`` × seeds 0..seeds−1 are built there when missing. With ``calibrate_into``,
+    calibration zoos are built and scored too and the fitted constants written there first.
+    """
+    started = time.perf_counter()
+    unknown = [f for f in families if f not in CONFIGS]
+    if unknown:
+        raise InvalidArgument(f"unknown family {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
+    if seeds < 1:
+        raise InvalidArgument("--seeds must be at least 1")
+    calibration = load_calibration()
+    scored = resolve_methods(methods, calibration, calibrate_into is not None)
+    options = {"device": device, "probes": probes}
+    if (root / MANIFEST).is_file():
+        manifest = read_manifest(root)
+        plan = [(root, manifest["family"], manifest["seed"])]
+        size = manifest["size"]
+        if calibrate_into is not None:
+            raise InvalidArgument("--calibrate needs a benchmark folder, not a single zoo")
+    else:
+        plan = [(zoo_path(root, f, s), f, s) for f in families for s in range(seeds)]
+    if calibrate_into is not None:
+        cal_results = [
+            _zoo_results(
+                zoo_path(root, f, CALIBRATION_SEED),
+                f,
+                CALIBRATION_SEED,
+                size,
+                scored,
+                list(calibration["auto"]["noise"]),
+                options,
+                reuse,
+                log,
+            )
+            for f in families
+        ]
+        calibration = calibrate(cal_results, calibration, log)
+        calibrate_into.write_text(json.dumps(calibration, indent=2) + "\n")
+        log(f"calibration written to {calibrate_into}")
+    components = list(calibration["auto"]["noise"])
+    results = [
+        _zoo_results(zoo, f, s, size, scored, components, options, reuse, log) for zoo, f, s in plan
+    ]
+    scale = None
+    if scale_timing:
+        log("timing the methods on a MiniLM-sized pair")
+        folder = root / "scale-pair"
+        scale = time_at_scale(folder, scored, components, device, probes)
+        (root / "scale-timing.json").write_text(json.dumps(scale, indent=2) + "\n")
+    notes = ""
+    plot_name = "benchmarks.png"
+    if out is not None:
+        if out.is_file() and NOTES_MARKER in out.read_text():
+            notes = out.read_text().split(NOTES_MARKER, 1)[1]
+        plot_name = out.with_suffix(".png").name
+    summary = summarize(results, calibration)
+    report = render(
+        summary,
+        results,
+        calibration,
+        command=command,
+        plot_name=plot_name,
+        wall_seconds=time.perf_counter() - started,
+        notes=notes,
+        scale=scale,
+    )
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        plot(summary, out.with_suffix(".png"))
+        out.write_text(report)
+    return report, calibration
