@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format clean
+.PHONY: run test bench lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# The benchmark from scratch: zoos, held-out calibration (rewrites app/engine/calibration.json),
+# every method on every split, docs/benchmarks.md and its plot. About 10 minutes on 2 CPU cores.
+BENCH_DIR ?= var/bench
+bench: $(VENV)/.installed
+	rm -rf $(BENCH_DIR)
+	$(BIN)/lineage bench $(BENCH_DIR) --seeds 3 --size small --calibrate --scale-timing \
+		--out docs/benchmarks.md
 
 format: $(VENV)/.dev-installed
 	$(BIN)/ruff check --fix .

@@ -5,7 +5,7 @@ so their roots, parents, children and tasks are not those of the reported zoos (
 From their raw scores this module sets, in ``app/engine/calibration.json``:
 
 1. ``taylor_alpha``: for each Taylor similarity, the scale α of the grid with the best mean top-1
-   (macro average over families × splits);
+   (macro average over families × splits; ties go to the α nearest the reference code's 0.01);
 2. ``auto.noise``: each candidate component's noise σ_m, the root-mean-square of its centred log
    distances log D − median log D over the candidates of orphan queries (no relative among them);
 3. ``auto``'s components: greedy forward selection from ``AUTO_POOL``, adding the component that
@@ -27,6 +27,7 @@ from datetime import date
 import numpy as np
 
 from app.bench.scoring import best_and_margin, judged, scores
+from app.engine.calibration import REFERENCE_TAYLOR_ALPHA
 from app.engine.decision import as_distance, log_distances
 from app.engine.methods import AUTO, METHODS
 from app.engine.metrics import SIMILARITY_GRADIENTS
@@ -134,7 +135,11 @@ def calibrate(results: list[dict], base: dict, log=lambda _: None) -> dict:
     for similarity in SIMILARITY_GRADIENTS:
         method = f"taylor-{similarity}"
         accuracy = {a: macro_top1(results, method, calibration, a) for a in ALPHA_GRID}
-        alphas[similarity] = max(ALPHA_GRID, key=lambda a: (accuracy[a], -abs(math.log10(a))))
+        # Ties go to the α nearest the reference code's.
+        alphas[similarity] = max(
+            ALPHA_GRID,
+            key=lambda a: (accuracy[a], -abs(math.log10(a / REFERENCE_TAYLOR_ALPHA))),
+        )
         log(f"{method}: " + ", ".join(f"α={a}: {v:.3f}" for a, v in accuracy.items()))
     calibration["taylor_alpha"] = alphas
     pool = [m for m in AUTO_POOL if all(m in r["methods"] for r in results)]

@@ -141,7 +141,7 @@ def time_methods(
             peaks.append(memory.peak_bytes / 2**20)
             # Free this pair before the next is measured, or its memory would be reused unseen.
             del ctx, parent, child
-            gc.collect()
+        gc.collect()
         timings[label] = {
             "seconds": sum(seconds) / len(seconds),
             "peak_mb": max(peaks),

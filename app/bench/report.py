@@ -17,6 +17,7 @@ from app.bench.calibrate import ALPHA_GRID, ORPHANS
 from app.bench.evaluate import TIMING_PAIRS
 from app.bench.scoring import judged, names_none
 from app.bench.zoo import SPLITS
+from app.engine.calibration import taylor_alpha
 from app.engine.methods import AUTO, METHODS
 
 NOTES_MARKER = "<!-- reading: hand-written below this line, kept when the file is regenerated -->"
@@ -177,7 +178,7 @@ def alpha_table(summary: dict, calibration: dict) -> list[str]:
     rows = []
     for family in summary["families"]:
         for method, by_alpha in summary["alphas"][family].items():
-            chosen = calibration["taylor_alpha"][method.removeprefix("taylor-")]
+            chosen = taylor_alpha(method.removeprefix("taylor-"), calibration)
             cells = [
                 _mean_std(by_alpha[a]) + (" (chosen)" if a == chosen else "") for a in ALPHA_GRID
             ]
@@ -369,8 +370,8 @@ def render(
     lines = [
         "# Benchmarks",
         "",
-        "Regenerate from scratch (zoos, calibration, scores, this page and its plot): "
-        f"`{command}`.",
+        "Regenerate from scratch (zoos, calibration, scores, this page and its plot) with "
+        f"`make bench`, which removes the old zoos and runs `{command}`.",
         f"Measured on {date.today().isoformat()}: {_machine(first['device'])}. "
         f"This run took {wall_seconds / 60:.1f} min in all ({build / 60:.1f} min training "
         f"zoos, {scoring / 60:.1f} min scoring, for the reported zoos).",

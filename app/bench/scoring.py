@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from app.engine.calibration import taylor_alpha
 from app.engine.decision import as_distance, combine_auto
 from app.engine.methods import AUTO, METHODS
 
@@ -28,7 +29,7 @@ def scores(query: dict, method: str, calibration: dict, alpha: float | None = No
     if METHODS[method].kind == "taylor":
         similarity = method.removeprefix("taylor-")
         if alpha is None:
-            alpha = calibration["taylor_alpha"][similarity]
+            alpha = taylor_alpha(similarity, calibration)
         return [base + alpha * corr for base, corr in query["taylor"][similarity]]
     return query["scores"][method]
 
