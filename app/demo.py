@@ -13,22 +13,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.bench.zoo import CONFIGS
 from app.engine.architectures import build_network, open_model
 from app.engine.decision import rank_candidates
 from app.engine.methods import AUTO
 from app.engine.model_files import save_model
 from app.engine.training import digits_task, initial_state, permute_hidden_units, train
 
-DEMO_CONFIGS = {
-    "mlp": {"model_type": "lineage-mlp", "sizes": [64, 64, 64, 10], "activation": "relu"},
-    "cnn": {
-        "model_type": "lineage-cnn",
-        "in_channels": 1,
-        "image_size": 8,
-        "channels": [8, 16],
-        "num_classes": 10,
-    },
-}
+DEMO_CONFIGS = {family: CONFIGS[family] for family in ("mlp", "cnn")}
 NUM_PARENTS = 5
 HELD_OUT = f"parent-{NUM_PARENTS - 1}"
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from app.engine.architectures import build_network
-from app.engine.linearize import linearized_outputs, parameter_delta, taylor_similarities
+from app.engine.linearize import linearized_outputs, parameter_delta, taylor_terms
 from app.engine.methods import METHODS, PairContext
 from app.engine.metrics import SIMILARITIES, SIMILARITY_GRADIENTS, l1_similarity, l2_similarity
 from app.engine.model_files import load_model, save_model
@@ -28,6 +28,12 @@ CNN_CONFIG = {
 }
 CONFIGS = {"mlp": MLP_CONFIG, "cnn": CNN_CONFIG}
 NUM_INPUTS = 5
+
+
+def taylor_similarities(network, parent, delta, x, f_c, use_head, alphas):
+    """s(f_p, f_c) + α·correction per similarity, from the engine's Taylor terms."""
+    terms = taylor_terms(network, parent, delta, x, f_c, use_head, list(alphas))
+    return {name: base + alphas[name] * corr for name, (base, corr) in terms.items()}
 
 
 def _parent(config: dict, seed: int = 0, dtype=torch.float64):

@@ -1,6 +1,6 @@
 """Choose the engine's constants on calibration zoos that the report never shows.
 
-Held-out discipline: the calibration zoos are built with their own seeds (``CALIBRATION_SEED``),
+Held-out discipline: the calibration zoos are built with their own seeds (``CALIBRATION_SEEDS``),
 so their roots, parents, children and tasks are not those of the reported zoos (seeds 0..K−1).
 From their raw scores this module sets, in ``app/engine/calibration.json``:
 
@@ -8,8 +8,11 @@ From their raw scores this module sets, in ``app/engine/calibration.json``:
    (macro average over families × splits; ties go to the α nearest the reference code's 0.01);
 2. ``auto.noise``: each candidate component's noise σ_m, the root-mean-square of its centred log
    distances log D − median log D over the candidates of orphan queries (no relative among them);
+   for the direction term (a penalty on candidates that look like descendants) σ is a weight
+   fitted on a grid instead;
 3. ``auto``'s components: greedy forward selection from ``AUTO_POOL``, adding the component that
-   most raises the macro top-1 until none does;
+   most raises the decision accuracy (the true parent named, or "none" for an orphan; mean over
+   families × splits, orphans included) until none does;
 4. ``auto.threshold`` and ``auto.scale``: a logistic fit of P(best candidate is the parent) on
    ``auto``'s margin, so confidence = sigmoid((margin − threshold)/scale) is that probability on
    the calibration zoos, and the parent is named when it is at least 1/2;
@@ -28,11 +31,11 @@ import numpy as np
 
 from app.bench.scoring import best_and_margin, judged, scores
 from app.engine.calibration import REFERENCE_TAYLOR_ALPHA
-from app.engine.decision import as_distance, log_distances
+from app.engine.decision import DIRECTION, as_distance, log_distances
 from app.engine.methods import AUTO, METHODS
 from app.engine.metrics import SIMILARITY_GRADIENTS
 
-CALIBRATION_SEED = 100
+CALIBRATION_SEEDS = (100, 101)
 ALPHA_GRID = (0.001, 0.01, 0.1, 1.0)
 AUTO_POOL = (
     "weight-l2",
@@ -47,8 +50,10 @@ AUTO_POOL = (
     "lin-l2",
     "lin-lse",
     "lin-cka",
+    DIRECTION,
 )
 ORPHANS = "orphans"
+DIRECTION_GRID_STEPS = 8  # σ of the direction term: its orphan spread × 1, 1/2, ..., 1/128
 
 
 def positive_cells(results: list[dict]):
@@ -69,11 +74,34 @@ def macro_top1(results: list[dict], method: str, calibration: dict, alpha=None) 
     return statistics.fmean(cells)
 
 
+def decision_accuracy(results: list[dict], calibration: dict) -> float:
+    """Mean over (family, split) cells, orphans included, of how often ``auto``'s decision is
+    right (the true parent named, or "none" for an orphan), with its threshold fitted on the same
+    results: the answer an auditor gets, not only its ranking."""
+    threshold, _ = logistic_threshold(*_labelled_margins(results, AUTO, calibration))
+    cells = []
+    for result in results:
+        for split, queries in result["splits"].items():
+            if not queries:
+                continue
+            hits = []
+            for query in queries:
+                answer = judged(query, AUTO, calibration)
+                named = answer["margin"] >= threshold
+                hits.append(not named if split == ORPHANS else named and answer["correct"])
+            cells.append(statistics.fmean(hits))
+    return statistics.fmean(cells)
+
+
 def component_noise(results: list[dict], method: str) -> float:
-    """RMS of log D − median log D over orphan queries' candidates."""
+    """RMS of log D − median log D over orphan queries' candidates (for the direction term: of
+    the outward log ratios themselves, whose sign carries the meaning)."""
     centred = []
     for result in results:
         for query in result["splits"].get(ORPHANS, []):
+            if method == DIRECTION:
+                centred.extend(query.get("outward") or [])
+                continue
             if method not in query["scores"]:
                 continue
             logs = log_distances([as_distance(method, s) for s in query["scores"][method]])
@@ -142,25 +170,48 @@ def calibrate(results: list[dict], base: dict, log=lambda _: None) -> dict:
         )
         log(f"{method}: " + ", ".join(f"α={a}: {v:.3f}" for a, v in accuracy.items()))
     calibration["taylor_alpha"] = alphas
-    pool = [m for m in AUTO_POOL if all(m in r["methods"] for r in results)]
+    pool = [m for m in AUTO_POOL if m == DIRECTION or all(m in r["methods"] for r in results)]
     noise = {m: component_noise(results, m) for m in pool}
     selected: list[str] = []
     best = -1.0
+
+    def accuracy_with(components: list[str]) -> float:
+        calibration["auto"]["noise"] = {m: noise[m] for m in components}
+        return decision_accuracy(results, calibration)
+
+    def tune_direction(components: list[str]) -> float:
+        # The direction term is a penalty, not a ratio with a noise floor: its weight 1/σ is a
+        # free scale, fitted on a grid below the spread of the outward ratios.
+        spread = component_noise(results, DIRECTION)
+        scores = {}
+        for sigma in (spread * 2.0**-k for k in range(DIRECTION_GRID_STEPS)):
+            noise[DIRECTION] = sigma
+            scores[sigma] = accuracy_with(components)
+        noise[DIRECTION] = max(scores, key=lambda sigma: (scores[sigma], sigma))
+        return scores[noise[DIRECTION]]
+
     while True:
         trials = {}
         for method in pool:
             if method in selected:
                 continue
-            calibration["auto"]["noise"] = {m: noise[m] for m in [*selected, method]}
-            trials[method] = macro_top1(results, AUTO, calibration)
+            if method == DIRECTION:
+                trials[method] = tune_direction([*selected, method])
+            else:
+                trials[method] = accuracy_with([*selected, method])
         if not trials:
             break
         method = max(trials, key=trials.get)
         if trials[method] <= best + 1e-9:
             break
+        if method == DIRECTION:
+            tune_direction([*selected, method])
         selected.append(method)
         best = trials[method]
-        log(f"auto + {method}: macro top-1 {best:.3f}")
+        log(f"auto + {method}: decision accuracy {best:.3f}")
+    if DIRECTION in selected:
+        best = tune_direction(selected)
+        log(f"auto, {DIRECTION} σ refitted to {noise[DIRECTION]:.4f}: decision accuracy {best:.3f}")
     calibration["auto"]["noise"] = {m: round(noise[m], 4) for m in selected}
     threshold, scale = logistic_threshold(*_labelled_margins(results, AUTO, calibration))
     calibration["auto"]["threshold"] = round(threshold, 4)

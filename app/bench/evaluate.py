@@ -27,7 +27,8 @@ import torch
 from app.bench.zoo import read_manifest
 from app.engine import weightspace
 from app.engine.architectures import open_model
-from app.engine.methods import METHODS, PairContext, network_for
+from app.engine.decision import rank_candidates
+from app.engine.methods import AUTO, METHODS, PairContext, network_for
 from app.engine.metrics import SIMILARITY_GRADIENTS
 from app.engine.model_files import LoadedModel
 from app.engine.probes import DEFAULT_NUM_PROBES
@@ -103,7 +104,9 @@ def _score_query(
                 taylor[sim].append([base, correction])
         relative.append(weightspace.relative_l2_distance(ctx.parent, child))
     record = {k: query[k] for k in query}
-    record.update(scores=scores, relative_l2=relative)
+    candidates = [model(name) for name in query["candidates"]]
+    outward = weightspace.outward_log_ratios(candidates, child) if len(candidates) > 2 else None
+    record.update(scores=scores, relative_l2=relative, outward=outward)
     if wants_taylor:
         record["taylor"] = taylor
     return record
@@ -112,17 +115,20 @@ def _score_query(
 def time_methods(
     zoo: Path,
     pairs: list[tuple[str, str]],
-    methods: dict[str, list[str]],
+    methods: list[str],
+    calibration: dict | None,
     device: torch.device,
     num_probes: int,
 ) -> dict[str, dict[str, float]]:
-    """Seconds and peak extra memory (MB) per pair for each entry of ``methods`` (a name and
-    the registry methods it runs together on one pair), cold caches, mean over ``pairs``."""
+    """Seconds and peak extra memory (MB) per pair for each method, cold caches, mean over
+    ``pairs``. ``auto`` is timed as the engine runs it on one candidate (all its components;
+    the direction term, which needs three candidates, adds one pass over their weights per
+    query)."""
     timings = {}
     # Networks are built once per architecture and kept (as the service does): not per pair.
     for parent_name, _ in pairs:
         network_for(open_model(zoo / parent_name, parent_name).config, device)
-    for label, components in methods.items():
+    for method in [AUTO, *methods]:
         seconds, peaks = [], []
         for parent_name, child_name in pairs:
             # Fresh models: nothing cached from an earlier method or pair.
@@ -132,17 +138,25 @@ def time_methods(
                 torch.cuda.synchronize(device)
             with PeakMemory(device) as memory:
                 started = time.perf_counter()
-                ctx = PairContext(parent, child, device, num_probes)
-                for method in components:
-                    METHODS[method].score(ctx)
+                if method == AUTO:
+                    rank_candidates(
+                        child,
+                        [parent],
+                        AUTO,
+                        device=device,
+                        num_probes=num_probes,
+                        calibration=calibration,
+                    )
+                else:
+                    METHODS[method].score(PairContext(parent, child, device, num_probes))
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 seconds.append(time.perf_counter() - started)
             peaks.append(memory.peak_bytes / 2**20)
             # Free this pair before the next is measured, or its memory would be reused unseen.
-            del ctx, parent, child
+            del parent, child
         gc.collect()
-        timings[label] = {
+        timings[method] = {
             "seconds": sum(seconds) / len(seconds),
             "peak_mb": max(peaks),
             "pairs": len(pairs),
@@ -153,13 +167,13 @@ def time_methods(
 def evaluate_zoo(
     zoo: Path,
     methods: list[str],
-    auto_components: list[str],
+    calibration: dict | None = None,
     device: torch.device | str = "cpu",
     num_probes: int = DEFAULT_NUM_PROBES,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict:
-    """Score every split of the zoo with ``methods`` and time them (and ``auto``, which runs
-    ``auto_components`` together); return the raw results."""
+    """Score every split of the zoo with ``methods`` and time them (and ``auto``); return the
+    raw results. ``calibration``: the constants ``auto`` is timed with (default: the engine's)."""
     device = torch.device(device)
     manifest = read_manifest(zoo)
     opened: dict[str, LoadedModel] = {}
@@ -180,9 +194,7 @@ def evaluate_zoo(
         )
     standard = manifest["splits"]["standard"][:TIMING_PAIRS]
     pairs = [(q["candidates"][0], q["child"]) for q in standard]
-    timed = {m: [m] for m in methods}
-    timed["auto"] = list(auto_components)
-    timings = time_methods(zoo, pairs, timed, device, num_probes)
+    timings = time_methods(zoo, pairs, methods, calibration, device, num_probes)
     return {
         "family": manifest["family"],
         "seed": manifest["seed"],
@@ -216,7 +228,7 @@ SCALE_CONFIG = {
 def time_at_scale(
     folder: Path,
     methods: list[str],
-    auto_components: list[str],
+    calibration: dict | None = None,
     device: torch.device | str = "cpu",
     num_probes: int = DEFAULT_NUM_PROBES,
 ) -> dict:
@@ -235,8 +247,7 @@ def time_at_scale(
     }
     save_model(folder / "parent", parent, SCALE_CONFIG)
     save_model(folder / "child", child, SCALE_CONFIG)
-    timed = {m: [m] for m in methods}
-    timed["auto"] = list(auto_components)
-    timings = time_methods(folder, [("parent", "child")], timed, torch.device(device), num_probes)
+    pairs = [("parent", "child")]
+    timings = time_methods(folder, pairs, methods, calibration, torch.device(device), num_probes)
     parameters = sum(v.numel() for v in parent.values() if v.is_floating_point())
     return {"model": "MiniLM-L6-H384 architecture", "parameters": parameters, "timings": timings}

@@ -267,7 +267,7 @@ def findings(summary: dict) -> list[str]:
         )
     for family in summary["families"]:
         gaps = []
-        for split in SPLITS:
+        for split in POSITIVE_SPLITS:
             best = max(
                 (m for m in summary["methods"] if m != AUTO),
                 key=lambda m, s=split: mean(family, m, s),
@@ -279,12 +279,32 @@ def findings(summary: dict) -> list[str]:
                     f"{100 * mean(family, best, split):.0f} %)"
                 )
         if gaps:
-            lines.append(f"- {family}: `auto` trails the best single method on " + "; ".join(gaps))
+            lines.append(
+                f"- {family}: `auto`'s top-1 trails the best single method on " + "; ".join(gaps)
+            )
         else:
             lines.append(
-                f"- {family}: `auto` is at least as accurate as every single method on every split."
+                f"- {family}: `auto`'s top-1 is at least as high as every single method's on "
+                "every split."
             )
+        f1 = {m: _none_f1(summary, family, m) for m in summary["methods"]}
+        rival = max((m for m in f1 if m != AUTO), key=lambda m: f1[m])
+        lines.append(
+            f'- {family}, open set: F1 of "none" {100 * f1[AUTO]:.0f} % for `auto`, '
+            f"{100 * f1[rival]:.0f} % for the best single method (`{rival}`)."
+        )
     return lines
+
+
+def _none_f1(summary: dict, family: str, method: str) -> float:
+    """F1 of the "none" answer from the per-seed mean precision and recall (0 when undefined)."""
+    pairs = summary["open_set"][family][method]
+    precision = [p for p, _ in pairs if not math.isnan(p)]
+    recall = [r for _, r in pairs if not math.isnan(r)]
+    if not precision or not recall:
+        return 0.0
+    p, r = statistics.fmean(precision), statistics.fmean(recall)
+    return 2 * p * r / (p + r) if p + r else 0.0
 
 
 def plot(summary: dict, path: Path) -> None:

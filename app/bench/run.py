@@ -2,7 +2,7 @@
 
 Layout of a benchmark folder ``ROOT``: one zoo per family and seed, ``ROOT/{family}-seed{s}``,
 each with its ``manifest.json`` and, once scored, its ``results.json``. Reported seeds are
-0..K−1; calibration zoos use ``CALIBRATION_SEED`` and are never reported.
+0..K−1; calibration zoos use ``CALIBRATION_SEEDS`` and are never reported.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from app.bench.calibrate import AUTO_POOL, CALIBRATION_SEED, calibrate
+from app.bench.calibrate import AUTO_POOL, CALIBRATION_SEEDS, calibrate
 from app.bench.evaluate import evaluate_zoo, time_at_scale
 from app.bench.report import NOTES_MARKER, plot, render, summarize
 from app.bench.zoo import CONFIGS, MANIFEST, build_zoo, read_manifest
 from app.engine.calibration import load_calibration
+from app.engine.decision import DIRECTION
 from app.engine.errors import InvalidArgument
 from app.engine.methods import AUTO, METHODS
 
@@ -38,6 +39,7 @@ def resolve_methods(requested: list[str] | None, calibration: dict, calibrating:
             f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS)} (or auto)"
         )
     needed = list(AUTO_POOL) if calibrating else list(calibration["auto"]["noise"])
+    needed = [m for m in needed if m != DIRECTION]
     wanted = set(names) | set(needed)
     return [m for m in METHODS if m in wanted]
 
@@ -52,7 +54,7 @@ def _zoo_results(
     seed: int,
     size: str,
     methods: list[str],
-    components: list[str],
+    calibration: dict | None,
     options: dict,
     reuse: bool,
     log: Callable[[str], None],
@@ -67,7 +69,7 @@ def _zoo_results(
         if set(methods) <= set(result["methods"]) and result["num_probes"] == options["probes"]:
             log(f"{zoo.name}: reusing {RESULTS}")
             return result
-    result = evaluate_zoo(zoo, methods, components, options["device"], options["probes"], log)
+    result = evaluate_zoo(zoo, methods, calibration, options["device"], options["probes"], log)
     tmp = cached.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(cached)
@@ -115,31 +117,22 @@ def run_bench(
         plan = [(zoo_path(root, f, s), f, s) for f in families for s in range(seeds)]
     if calibrate_into is not None:
         cal_results = [
-            _zoo_results(
-                zoo_path(root, f, CALIBRATION_SEED),
-                f,
-                CALIBRATION_SEED,
-                size,
-                scored,
-                list(calibration["auto"]["noise"]),
-                options,
-                reuse,
-                log,
-            )
+            _zoo_results(zoo_path(root, f, seed), f, seed, size, scored, None, options, reuse, log)
             for f in families
+            for seed in CALIBRATION_SEEDS
         ]
         calibration = calibrate(cal_results, calibration, log)
         calibrate_into.write_text(json.dumps(calibration, indent=2) + "\n")
         log(f"calibration written to {calibrate_into}")
-    components = list(calibration["auto"]["noise"])
     results = [
-        _zoo_results(zoo, f, s, size, scored, components, options, reuse, log) for zoo, f, s in plan
+        _zoo_results(zoo, f, s, size, scored, calibration, options, reuse, log)
+        for zoo, f, s in plan
     ]
     scale = None
     if scale_timing:
         log("timing the methods on a MiniLM-sized pair")
         folder = root / "scale-pair"
-        scale = time_at_scale(folder, scored, components, device, probes)
+        scale = time_at_scale(folder, scored, calibration, device, probes)
         (root / "scale-timing.json").write_text(json.dumps(scale, indent=2) + "\n")
     notes = ""
     plot_name = "benchmarks.png"

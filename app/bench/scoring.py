@@ -25,7 +25,8 @@ def scores(query: dict, method: str, calibration: dict, alpha: float | None = No
             {m: query["scores"][m][i] for m in components if m in query["scores"]}
             for i in range(len(query["candidates"]))
         ]
-        return combine_auto(per_candidate, min(query["relative_l2"]), calibration)
+        nearest = min(query["relative_l2"])
+        return combine_auto(per_candidate, nearest, calibration, query.get("outward"))
     if METHODS[method].kind == "taylor":
         similarity = method.removeprefix("taylor-")
         if alpha is None:

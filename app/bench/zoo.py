@@ -25,6 +25,7 @@ manifest alone by ``make_splits``, so their ground truth is the manifest's by co
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -96,6 +97,14 @@ class Recipe:
     imbalance: float = 0.05
 
 
+_SHORT_SCHEDULE = Recipe(
+    root=(1e-2, 300),
+    parent=(3e-3, 150),
+    children=((1e-3, 60), (1e-3, 200), (3e-3, 60), (3e-3, 200)),
+    small_children=((1e-3, 60), (3e-3, 200)),
+    variant=(2e-3, 120),
+    distill=(3e-3, 400),
+)
 RECIPES: dict[str, Recipe] = {
     "mlp": Recipe(
         root=(1e-2, 300),
@@ -105,23 +114,9 @@ RECIPES: dict[str, Recipe] = {
         variant=(2e-3, 200),
         distill=(3e-3, 600),
     ),
-    "cnn": Recipe(
-        root=(1e-2, 300),
-        parent=(3e-3, 150),
-        children=((1e-3, 60), (1e-3, 200), (3e-3, 60), (3e-3, 200)),
-        small_children=((1e-3, 60), (3e-3, 200)),
-        variant=(2e-3, 120),
-        distill=(3e-3, 400),
-    ),
-    "gpt2": Recipe(
-        root=(1e-2, 300),
-        parent=(3e-3, 150),
-        children=((1e-3, 60), (1e-3, 200), (3e-3, 60), (3e-3, 200)),
-        small_children=((1e-3, 60), (3e-3, 200)),
-        variant=(2e-3, 120),
-        distill=(3e-3, 400),
-        few_shot=32,
-    ),
+    # Slower per step than the MLP: fewer steps. A language's "few-shot" is 32 sequences.
+    "cnn": _SHORT_SCHEDULE,
+    "gpt2": dataclasses.replace(_SHORT_SCHEDULE, few_shot=32),
 }
 # Parents per zoo, the standard children's grid, and a factor on every step count. "tiny" is for
 # the test suite (seconds); "small" is the benchmark's (minutes on a 2-core CPU).

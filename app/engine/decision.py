@@ -96,24 +96,41 @@ def auto_scores(component_scores: dict[str, list[float]], noise: dict[str, float
     return (-torch.stack(centred).sum(0)).tolist()
 
 
+DIRECTION = "weight-direction"
+
+
 def combine_auto(
-    candidate_scores: list[dict[str, float]], nearest_relative: float, calibration: dict
+    candidate_scores: list[dict[str, float]],
+    nearest_relative: float,
+    calibration: dict,
+    outward: list[float] | None = None,
 ) -> list[float]:
     """``auto``'s score of each candidate from its component scores.
 
     ``nearest_relative``: the smallest relative weight distance ‖θ_c − θ_p‖/‖θ_p‖ over the
-    candidates. Shared by ``rank_candidates`` and the benchmark, so both decide alike.
+    candidates. ``outward``: ``weightspace.outward_log_ratios`` of the candidates, used when the
+    calibration includes the ``weight-direction`` term: a candidate farther than the child from
+    the candidates' centre is demoted by max(0, log ratio)/σ, as a likely descendant. Shared by
+    ``rank_candidates`` and the benchmark, so both decide alike.
     """
-    components = calibration["auto"]["noise"]
+    noise = calibration["auto"]["noise"]
+    components = [m for m in noise if m != DIRECTION]
     # Only components that every candidate has: one cannot vote for some and not others.
     usable = [m for m in components if all(m in s for s in candidate_scores)]
-    # A linearisation is a first-order model around θ_p: it means nothing when the child is
-    # far from every candidate in weight space (permuted units, trained from scratch).
-    if nearest_relative > calibration["auto"]["linearization_max_relative"]:
+    # A linearisation is a first-order model around θ_p, and the direction term a statement
+    # about weights near each other: both mean nothing when the child is far from every
+    # candidate in weight space (permuted units, trained from scratch).
+    near = nearest_relative <= calibration["auto"]["linearization_max_relative"]
+    if not near:
         usable = [m for m in usable if get_method(m).kind != "linearized"]
-    if not usable:
-        return [0.0] * len(candidate_scores)
-    return auto_scores({m: [s[m] for s in candidate_scores] for m in usable}, components)
+    combined = [0.0] * len(candidate_scores)
+    if usable:
+        combined = auto_scores({m: [s[m] for s in candidate_scores] for m in usable}, noise)
+    if DIRECTION in noise and outward is not None and near and len(outward) > 2:
+        penalty = torch.tensor(outward, dtype=torch.float64).clamp_min(0.0)
+        penalty = (penalty - penalty.median()) / noise[DIRECTION]
+        combined = [c - float(p) for c, p in zip(combined, penalty, strict=True)]
+    return combined
 
 
 def decide(
@@ -168,7 +185,10 @@ def rank_candidates(
     if not parents:
         raise InvalidArgument("no candidate parents given")
     calibration = calibration or load_calibration()
-    components = list(calibration["auto"]["noise"]) if method == AUTO else [get_method(method).name]
+    if method == AUTO:
+        components = [m for m in calibration["auto"]["noise"] if m != DIRECTION]
+    else:
+        components = [get_method(method).name]
     kept: list[tuple[LoadedModel, dict[str, float]]] = []
     skipped: list[Skipped] = []
     for parent in parents:
@@ -193,7 +213,10 @@ def rank_candidates(
         raise IncompatibleModels(f"no candidate can be compared with {child.name} ({reasons})")
     if method == AUTO:
         nearest = min(weightspace.relative_l2_distance(p, child) for p, _ in kept)
-        combined = combine_auto([s for _, s in kept], nearest, calibration)
+        outward = None
+        if DIRECTION in calibration["auto"]["noise"] and len(kept) > 2:
+            outward = weightspace.outward_log_ratios([p for p, _ in kept], child)
+        combined = combine_auto([s for _, s in kept], nearest, calibration, outward)
     else:
         combined = [s[components[0]] for _, s in kept]
     names = [p.name for p, _ in kept]

@@ -2,7 +2,7 @@
 
 - ``linearized_outputs``: one forward-mode Jacobian-vector product (``torch.func.jvp``) gives f_p
   and J·Δθ together; any similarity can then compare f̄_p with f_c. No scale α is needed.
-- ``taylor_similarities``: the paper's efficient form. Expanding s once more,
+- ``taylor_terms``: the paper's efficient form. Expanding s once more,
       s(f̄_p, f_c) ≈ s(f_p, f_c) + α · ∇_θ[Σ_i sg(Π_i)·f_p(x_i)] · Δθ,   Π_i = ∂s/∂f_p(x_i),
   one vector-Jacobian product per similarity, then a dot product with Δθ. α = 1 is the plain
   first-order expansion; the reference code scales it down (α = 0.01) because for l2 the expansion
@@ -90,17 +90,3 @@ def taylor_terms(
         correction = sum((grads[n] * delta[n]).sum() for n in params)
         results[name] = (float(SIMILARITIES[name](f_p, f_c)), float(correction))
     return results
-
-
-def taylor_similarities(
-    network: Network,
-    parent_state: dict[str, torch.Tensor],
-    delta: dict[str, torch.Tensor],
-    x: torch.Tensor,
-    f_c: torch.Tensor,
-    use_head: bool,
-    alphas: dict[str, float],
-) -> dict[str, float]:
-    """Taylor-shortcut similarity s(f_p, f_c) + α·⟨vjp(Π), Δθ⟩ for each name in ``alphas``."""
-    terms = taylor_terms(network, parent_state, delta, x, f_c, use_head, list(alphas))
-    return {name: base + alphas[name] * corr for name, (base, corr) in terms.items()}

@@ -107,3 +107,28 @@ def relative_l2_distance(parent: LoadedModel, child: LoadedModel) -> float:
     floats = parent.float_tensors()
     norm = sum(float(floats[p].pow(2).sum()) for p, _ in matched_tensors(parent, child)) ** 0.5
     return l2_distance(parent, child) / max(norm, 1e-30)
+
+
+def outward_log_ratios(candidates: list[LoadedModel], child: LoadedModel) -> list[float]:
+    """log(‖θ_k − θ̄‖ / ‖θ_c − θ̄‖) for each candidate k, θ̄ the candidates' mean weights.
+
+    Fine-tuning moves a model away from its family: seen from the candidates' centre (an
+    estimate of their common root, as in task arithmetic), a parent lies nearer than its child,
+    and the child's own descendants lie farther. A positive ratio marks a candidate that looks
+    like a descendant of the child rather than an ancestor. Computed over the tensors every
+    candidate shares with the child, one tensor at a time.
+    """
+    matches = [dict((c, p) for p, c in matched_tensors(k, child)) for k in candidates]
+    shared = [name for name in matches[0] if all(name in m for m in matches[1:])]
+    child_floats = child.float_tensors()
+    floats = [k.float_tensors() for k in candidates]
+    squared = [0.0] * len(candidates)
+    child_squared = 0.0
+    for name in shared:
+        tensors = [f[m[name]] for f, m in zip(floats, matches, strict=True)]
+        centre = torch.stack(tensors).mean(0)
+        for i, tensor in enumerate(tensors):
+            squared[i] += float((tensor - centre).pow(2).sum())
+        child_squared += float((child_floats[name] - centre).pow(2).sum())
+    floor = 1e-30
+    return [0.5 * (np.log(max(s, floor)) - np.log(max(child_squared, floor))) for s in squared]
