@@ -318,7 +318,11 @@ def plot(summary: dict, path: Path) -> None:
     families = summary["families"]
     methods = summary["methods"]
     fig, axes = plt.subplots(
-        1, len(families), figsize=(5.2 * len(families), 0.32 * len(methods) + 2.2), squeeze=False
+        1,
+        len(families),
+        figsize=(4.6 * len(families) + 1.5, 0.32 * len(methods) + 2.2),
+        squeeze=False,
+        sharey=True,
     )
     for ax, family in zip(axes[0], families, strict=True):
         acc = summary["accuracy"][family]
@@ -331,6 +335,7 @@ def plot(summary: dict, path: Path) -> None:
         image = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(SPLITS)), SPLITS, rotation=60, ha="right", fontsize=8)
         ax.set_yticks(range(len(methods)), methods, fontsize=8)
+        ax.tick_params(axis="y", labelleft=ax is axes[0][0])
         ax.set_title(family, fontsize=10)
         for i in range(len(methods)):
             for j in range(len(SPLITS)):

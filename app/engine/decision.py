@@ -1,15 +1,18 @@
 """Rank candidate parents for one child, combine evidence (``auto``) and decide.
 
 ``auto`` works on distances D_m ≥ 0 of several methods m (weight space, permutation-invariant
-weight statistics, direct and linearised function space). For candidate c,
+weight statistics, direct and linearised function space), chosen by the benchmark. For
+candidate c,
 
-    auto(c) = −mean_m [ log D_m(c) − median_c' log D_m(c') ],
+    auto(c) = −Σ_m [ log D_m(c) − median_c' log D_m(c') ] / σ_m  −  direction(c),
 
-so every method votes in units of "how many times closer than the typical candidate", and a method
-that cannot tell the candidates apart (all distances alike) adds almost nothing. The decision's
-margin is auto(best) − auto(runner-up) = mean_m log(D_m(runner-up) / D_m(best)); the best
-candidate is declared the parent only when the margin clears a threshold calibrated on the
-benchmark zoos (``calibration.json``), else the answer is "no parent in the candidate set".
+so every method votes in units of its own noise σ_m on "how many times closer than the typical
+candidate", and a method that cannot tell the candidates apart (all distances alike) adds almost
+nothing. direction(c) demotes a candidate that lies farther than the child from the candidates'
+centre (a likely descendant; see ``combine_auto``). The decision's margin is
+auto(best) − auto(runner-up); the best candidate is declared the parent only when the margin
+clears a threshold calibrated on held-out benchmark zoos (``calibration.json``), else the answer
+is "no parent in the candidate set".
 Confidence = sigmoid((margin − threshold) / scale), the calibrated probability that the best
 candidate is the parent. With a single candidate there is no runner-up: the margin is then
 log(ρ₀ / ρ) for the relative weight distance ρ = ‖θ_c − θ_p‖/‖θ_p‖. (Not the spectral analogue:
