@@ -49,6 +49,22 @@ def _one_error_line(result) -> str:
 # --- end to end -----------------------------------------------------------------------------
 
 
+def tiny_bench(root: Path, *options: str):
+    """``lineage bench ROOT`` on one tiny MLP zoo (seed 0), quietly, with extra options."""
+    return run_cli(
+        "bench",
+        str(root),
+        "--families",
+        "mlp",
+        "--seeds",
+        "1",
+        "--size",
+        "tiny",
+        "--quiet",
+        *options,
+    )
+
+
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory) -> dict[str, Path]:
     """``lineage bench --calibrate`` on tiny MLP zoos, run once for the module."""
@@ -58,21 +74,13 @@ def bench_run(tmp_path_factory) -> dict[str, Path]:
         "calibration": folder / "cal.json",
         "report": folder / "report.md",
     }
-    result = run_cli(
-        "bench",
-        str(paths["root"]),
-        "--families",
-        "mlp",
-        "--seeds",
-        "1",
-        "--size",
-        "tiny",
+    result = tiny_bench(
+        paths["root"],
         "--calibrate",
         "--calibration-out",
         str(paths["calibration"]),
         "--out",
         str(paths["report"]),
-        "--quiet",
     )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
@@ -132,20 +140,7 @@ def test_rerun_reuses_scores_and_keeps_the_hand_written_notes(bench_run):
     scored = results.read_bytes()
     note = "A hand-written reading that regeneration must keep."
     report.write_text(report.read_text() + note + "\n")
-    result = run_cli(
-        "bench",
-        str(bench_run["root"]),
-        "--families",
-        "mlp",
-        "--seeds",
-        "1",
-        "--size",
-        "tiny",
-        "--reuse-scores",
-        "--out",
-        str(report),
-        "--quiet",
-    )
+    result = tiny_bench(bench_run["root"], "--reuse-scores", "--out", str(report))
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     regenerated = report.read_text()
