@@ -1,0 +1,1 @@
+"""Settings and the database: what every domain of the service shares."""

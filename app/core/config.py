@@ -1,0 +1,51 @@
+"""The service's settings, from environment variables (pydantic-settings), validated at start-up.
+
+The defaults are the embedded mode: a SQLite file and model storage under ``var/``, no Redis
+(``lineage serve`` then runs the worker in-process). Production sets ``DATABASE_URL``
+(PostgreSQL, ``postgresql+psycopg://...``) and ``REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting, its environment variable (upper-case name) and its default."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///var/lineage.db",
+        description="SQLAlchemy URL: sqlite:///PATH (embedded) or postgresql+psycopg://...",
+    )
+    redis_url: str | None = Field(
+        None, description="Celery broker and result backend; unset: in-process worker."
+    )
+    storage_dir: Path = Field(Path("var/storage"), description="Content-addressed weight files.")
+    max_model_bytes: int = Field(
+        20 * 2**30, gt=0, description="Largest model (all weight files) accepted, in bytes."
+    )
+    max_lineage_depth: int = Field(
+        16, gt=0, le=256, description="Deepest ancestry walked by /lineage queries."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql")):
+            raise ValueError("DATABASE_URL must be sqlite:///PATH or postgresql+psycopg://...")
+        if value.startswith("postgresql://"):
+            # SQLAlchemy's default PostgreSQL driver is psycopg2; we ship psycopg 3.
+            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()

@@ -1,0 +1,87 @@
+"""The database: declarative base, engines, sessions, and migrations (the only way to a schema).
+
+One code path for both back ends. SQLite (the embedded default) gets foreign keys switched on and
+WAL journalling so the API and the in-process worker can read while one writes; PostgreSQL gets
+pre-pinged pooled connections. ``migrate(url)`` runs Alembic's ``upgrade head`` programmatically;
+tests make their schema the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, for created/updated columns."""
+    return datetime.now(UTC)
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; a SQLite file's folder is created if missing."""
+    if is_sqlite(url):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that never expire loaded objects on commit (results outlive the session)."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose work commits at the end of the block, or rolls back on any error."""
+    with factory() as session, session.begin():
+        yield session
+
+
+def alembic_config(url: str):
+    """Alembic's configuration for ``url``, pointing at the project's migrations."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Bring the database at ``url`` to ``revision`` (default: the newest schema)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str = "base") -> None:
+    """Take the database at ``url`` back to ``revision`` (default: empty)."""
+    from alembic import command
+
+    command.downgrade(alembic_config(url), revision)

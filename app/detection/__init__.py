@@ -1,0 +1,1 @@
+"""Detection jobs: queued by the API, claimed and run by workers."""

@@ -1,0 +1,1 @@
+"""The catalog of models: records, content-addressed weight storage, registration."""

@@ -1,0 +1,32 @@
+"""The ``models`` table: one row per distinct set of weights (a node of the lineage graph)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.db import Base, utcnow
+
+
+class Model(Base):
+    """A registered model. ``sha256`` (of the weight bytes) is its identity: the same weights
+    registered twice are one row. ``name`` is what people call it (``org/name`` for hub
+    models, which also carry the resolved ``revision`` commit). ``is_candidate``: whether it is
+    in the parent catalog that new children are scored against."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(300), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    hub_id: Mapped[str | None] = mapped_column(String(300))
+    revision: Mapped[str | None] = mapped_column(String(64))
+    architecture: Mapped[str | None] = mapped_column(String(100))
+    config: Mapped[dict | None] = mapped_column(JSON)
+    num_bytes: Mapped[int] = mapped_column(BigInteger)
+    num_parameters: Mapped[int] = mapped_column(BigInteger)
+    storage_path: Mapped[str] = mapped_column(String(500))
+    is_candidate: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
