@@ -1,5 +1,1 @@
-"""Celery workers of the lineage service.
-
-Empty until the service issue: the engine (``app.engine``) is complete without it, and the CLI
-calls the engine directly.
-"""
+"""Celery workers: the ``lineage.detect`` task, run by ``lineage worker`` (one process per GPU)."""

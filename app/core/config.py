@@ -33,6 +33,18 @@ class Settings(BaseSettings):
     max_lineage_depth: int = Field(
         16, gt=0, le=256, description="Deepest ancestry walked by /lineage queries."
     )
+    device: str = Field(
+        "cpu", description="Where workers run the engine: cpu, cuda or cuda:N (one per GPU)."
+    )
+    task_time_limit: int = Field(
+        3600, gt=30, description="Hard time limit of one detection task, in seconds."
+    )
+    task_visibility_timeout: int = Field(
+        7200,
+        gt=0,
+        description="Seconds before an unacknowledged task is delivered again (Redis); keep it "
+        "above task_time_limit, or a slow task runs twice.",
+    )
 
     @field_validator("database_url")
     @classmethod

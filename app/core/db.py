@@ -1,7 +1,8 @@
 """The database: declarative base, engines, sessions, and migrations (the only way to a schema).
 
-One code path for both back ends. SQLite (the embedded default) gets foreign keys switched on and
-WAL journalling so the API and the in-process worker can read while one writes; PostgreSQL gets
+One code path for both back ends. SQLite (the embedded default) gets foreign keys switched on,
+WAL journalling, and transactions that take the write lock when they begin, so the API and the
+in-process worker queue for it instead of failing; PostgreSQL gets
 pre-pinged pooled connections. ``migrate(url)`` runs Alembic's ``upgrade head`` programmatically;
 tests make their schema the same way.
 """
@@ -42,10 +43,20 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):
+            # We issue BEGIN ourselves (below), not the sqlite3 module.
+            dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(connection):
+            # Take SQLite's single write lock when the transaction starts (waiting up to the
+            # timeout for it). A deferred transaction that read first and writes later fails at
+            # once with "database is locked" when another writer committed in between, which the
+            # API and the in-process worker would do all the time.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True)

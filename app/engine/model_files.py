@@ -76,7 +76,7 @@ class TensorInfo:
         return self.dtype in FLOAT_DTYPES
 
 
-def _refuse_pickle(path: Path) -> None:
+def refuse_pickle(path: Path) -> None:
     """Refuse a pickle-based weight file by its name alone; it is never opened."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise PickleRefused(
@@ -92,7 +92,7 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
     that each entry's byte range matches its shape and lies inside the file.
     """
     path = Path(path)
-    _refuse_pickle(path)
+    refuse_pickle(path)
     size = path.stat().st_size
     if size < 8:
         raise TruncatedFile(f"{path.name}: {size} bytes is too short to be a safetensors file")
@@ -248,7 +248,7 @@ def _weight_files(path: Path) -> tuple[list[Path], Path | None, dict[str, str] |
     if not path.exists():
         raise ModelNotFound(f"{path}: no such file or folder")
     if path.is_file():
-        _refuse_pickle(path)
+        refuse_pickle(path)
         if path.suffix.lower() != ".safetensors":
             raise NoWeights(f"{path.name}: not a .safetensors file or a model folder")
         return [path], None, None

@@ -7,8 +7,8 @@ Cycles are refused in ``add_edge``: the new edge parent → child closes a cycle
 parent is already a descendant of the child (or is the child). The check and the insert must not
 interleave with another writer's, or two edges A → B and B → A inserted at once would both pass;
 on PostgreSQL every graph write therefore takes one transaction-scoped advisory lock first. On
-SQLite (WAL), a transaction that read before another writer committed cannot write afterwards: it
-fails with "database is locked" instead of inserting, and nothing is half-written.
+SQLite every transaction holds the database's single write lock from its start
+(``app.core.db.make_engine``), so writers never interleave.
 """
 
 from __future__ import annotations

@@ -1,0 +1,149 @@
+"""Detection jobs: create, claim, run, describe. No HTTP and no Celery here.
+
+A job's life: ``queued`` (created by the API in the same transaction as the child's record;
+enqueued only after that commits) → ``running`` (claimed by one atomic UPDATE, which also counts
+the attempt) → ``succeeded`` with its result and edge written in one transaction, or ``failed``
+with ``{"code", "message"}``. Running a job twice is safe: a finished job is never claimed again,
+and the edge write is an upsert of the (parent, child) pair. A job left ``running`` by a worker
+that died is claimable again, so the broker's redelivery (``acks_late``) finishes it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.db import transaction, utcnow
+from app.detection.models import Job
+from app.engine.architectures import open_model
+from app.engine.decision import rank_candidates
+from app.engine.errors import LineageError
+from app.lineage.errors import CycleRefused
+from app.lineage.repository import LineageRepository
+from app.registry.models import Model
+from app.registry.service import candidates, get_by_name
+
+
+def create_job(session: Session, child: Model, request: dict) -> Job:
+    """A queued job for ``child`` (the caller commits, then enqueues ``job.id``)."""
+    job = Job(id=str(uuid.uuid4()), status="queued", child_id=child.id, request=request)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def claim(session: Session, job_id: str) -> Job | None:
+    """Atomically mark the job running and count the attempt; None if it is already finished
+    (or unknown). A job still ``running`` is claimable: its previous worker died."""
+    claimed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(("queued", "running")))
+        .values(status="running", attempts=Job.attempts + 1, started_at=utcnow(), progress=0.05)
+    ).rowcount
+    return session.get(Job, job_id) if claimed else None
+
+
+def _fail(factory: sessionmaker[Session], job_id: str, code: str, message: str) -> None:
+    with transaction(factory) as session:
+        job = session.get(Job, job_id)
+        if job is not None and job.status != "succeeded":
+            job.status, job.error, job.finished_at = (
+                "failed",
+                {"code": code, "message": message},
+                utcnow(),
+            )
+
+
+def run_job(
+    factory: sessionmaker[Session],
+    job_id: str,
+    *,
+    device: str = "cpu",
+    progress: Callable[[float], None] = lambda _: None,
+) -> None:
+    """Claim and run one job; its outcome is written to the database, never raised."""
+    with transaction(factory) as session:
+        job = claim(session, job_id)
+        if job is None:
+            return
+        child = session.get(Model, job.child_id)
+        if child is None:
+            job.status, job.finished_at = "failed", utcnow()
+            job.error = {"code": "unknown_model", "message": "the job's model was deleted"}
+            return
+        request = dict(job.request or {})
+        child_row = (child.id, child.name, child.storage_path)
+        catalog = [(m.name, m.storage_path) for m in candidates(session, child.id)]
+    try:
+        child_model = open_model(child_row[2], child_row[1])
+        parents = [open_model(path, name) for name, path in catalog]
+        progress(0.3)
+        if parents:
+            ranking = rank_candidates(
+                child_model, parents, request.get("method", "auto"), device=device
+            )
+            result = ranking.to_dict()
+        else:
+            result = {
+                "child": child_row[1],
+                "decision": {
+                    "parent": None,
+                    "confidence": 1.0,
+                    "method": "auto",
+                    "best": None,
+                    "margin": 0.0,
+                    "calibrated": False,
+                },
+                "candidates": [],
+                "skipped": [],
+                "note": "the catalog holds no candidate parents",
+            }
+        progress(0.9)
+    except LineageError as exc:
+        _fail(factory, job_id, exc.code, exc.message)
+        return
+    except OSError as exc:
+        _fail(factory, job_id, "storage_error", f"cannot read model files: {exc}")
+        return
+    with transaction(factory) as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status == "succeeded":
+            return  # another delivery finished it first
+        decision = result["decision"]
+        if decision["parent"] is not None:
+            parent = get_by_name(session, decision["parent"])
+            best = next(c for c in result["candidates"] if c["parent"] == decision["parent"])
+            try:
+                with session.begin_nested():
+                    LineageRepository(session).add_edge(
+                        parent.id,
+                        child_row[0],
+                        score=decision["confidence"],
+                        method=decision["method"],
+                        scores=best["scores"],
+                        evidence={k: decision[k] for k in ("confidence", "margin", "calibrated")},
+                    )
+            except CycleRefused as exc:
+                result["edge_refused"] = {"code": exc.code, "message": exc.message}
+        if request.get("register_as_parent"):
+            session.get(Model, child_row[0]).is_candidate = True
+        job.status, job.result, job.progress, job.finished_at = "succeeded", result, 1.0, utcnow()
+
+
+def to_dict(job: Job, child_name: str | None) -> dict:
+    """The public JSON of a job (``GET /jobs/{id}``)."""
+    return {
+        "id": job.id,
+        "status": job.status,
+        "progress": job.progress,
+        "child": child_name,
+        "attempts": job.attempts,
+        "error": job.error,
+        "result": job.result,
+        "created_at": job.created_at.isoformat() if job.created_at else None,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }

@@ -1,0 +1,95 @@
+"""Content-addressed storage of model files: ``STORAGE/models/<sha256 of the weights>/``.
+
+An upload is streamed to a private staging folder in chunks (never whole in memory), counted
+against the size limit as it arrives, validated by the engine, and only then moved into place
+under its weights' SHA-256 with one atomic rename. The same weights stored twice keep the first
+copy. Nothing half-written is ever visible under ``models/``: a failed upload leaves no trace.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+from app.engine.architectures import open_model
+from app.engine.errors import ModelTooLarge
+from app.engine.model_files import PICKLE_SUFFIXES, LoadedModel, refuse_pickle
+from app.registry.errors import UploadRefused
+
+CHUNK = 1 << 20
+# What a model folder may hold; anything else in an upload is refused by name.
+ACCEPTED_NAMES = {"config.json", "README.md", "adapter_config.json", "model.safetensors.index.json"}
+ACCEPTED_SUFFIXES = (".safetensors",)
+
+
+def _check_name(filename: str | None) -> str:
+    # Only the base name counts: a client's folder names never reach the file system.
+    name = Path((filename or "").replace("\\", "/")).name
+    if not name or name in {".", ".."}:
+        raise UploadRefused(f"file name {filename!r} is not a usable file name")
+    refuse_pickle(Path(name))
+    if name not in ACCEPTED_NAMES and not name.endswith(ACCEPTED_SUFFIXES):
+        raise UploadRefused(
+            f"{name}: not a model file; upload *.safetensors, config.json, README.md, "
+            "adapter_config.json or model.safetensors.index.json "
+            f"(pickle formats {', '.join(PICKLE_SUFFIXES)} are refused)"
+        )
+    return name
+
+
+def stage_upload(
+    storage_dir: Path, files: Iterable[tuple[str | None, BinaryIO]], max_bytes: int
+) -> Path:
+    """Stream ``(filename, file)`` pairs into a new staging folder and return it."""
+    staging = storage_dir / "staging" / uuid.uuid4().hex
+    staging.mkdir(parents=True)
+    total = 0
+    try:
+        seen = set()
+        for filename, stream in files:
+            name = _check_name(filename)
+            if name in seen:
+                raise UploadRefused(f"{name} uploaded twice")
+            seen.add(name)
+            with open(staging / name, "wb") as out:
+                while chunk := stream.read(CHUNK):
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise ModelTooLarge(f"upload is above the limit of {max_bytes} bytes")
+                    out.write(chunk)
+        if not seen:
+            raise UploadRefused("no files uploaded; send the model's files in the 'files' field")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
+def commit_staged(
+    storage_dir: Path, staging: Path, max_bytes: int
+) -> tuple[Path, LoadedModel, bool]:
+    """Validate a staged model with the engine and move it to its content address.
+
+    Returns (final folder, model loaded from it, whether this call stored it: False when the same
+    weights were already there). Validation errors remove the staging folder.
+    """
+    try:
+        model = open_model(staging, staging.name, max_bytes=max_bytes)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    final = storage_dir / "models" / model.sha256
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fresh = True
+    try:
+        staging.rename(final)
+    except OSError:
+        if not final.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        shutil.rmtree(staging, ignore_errors=True)  # the same weights are already stored
+        fresh = False
+    return final, open_model(final, model.sha256, max_bytes=max_bytes), fresh
