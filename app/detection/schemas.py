@@ -1,0 +1,64 @@
+"""Pydantic shapes of detection's HTTP interface: ``POST /detect`` and ``GET /jobs/{id}``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.engine.methods import AUTO
+from app.registry.schemas import HubModelRequest, ModelName
+
+
+class DetectUpload(BaseModel):
+    """The text fields of a multipart ``POST /detect`` (the child's files come in ``files``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ModelName | None = Field(
+        None, description="The child's name; default `upload-<first 12 hex of its SHA-256>`."
+    )
+    register_as_parent: bool = Field(
+        False, description="After detection, add the child to the catalog of candidate parents."
+    )
+    method: str = Field(AUTO, description="Scoring method (see `lineage detect --help`).")
+
+
+class HubDetectRequest(HubModelRequest):
+    """A child named by its hub ID instead of uploaded."""
+
+    register_as_parent: bool = False
+    method: str = AUTO
+
+
+class JobAccepted(BaseModel):
+    """``POST /detect``'s answer; poll ``GET /jobs/{job_id}`` (also the ``Location`` header)."""
+
+    job_id: str
+
+
+class JobError(BaseModel):
+    """Why a job failed."""
+
+    code: str
+    message: str
+
+
+class JobStatus(BaseModel):
+    """A detection job: its status, progress, and when it succeeded, its result."""
+
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    progress: float = Field(description="From 0 to 1.")
+    child: str | None = Field(description="The child model's name.")
+    attempts: int = Field(description="How many times a worker claimed the job.")
+    error: JobError | None
+    result: dict[str, Any] | None = Field(
+        description=(
+            "The ranking: `decision` (parent or null, confidence, method, margin), `candidates` "
+            "best first with per-method `scores`, and `skipped` candidates with the reason."
+        )
+    )
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None

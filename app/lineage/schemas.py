@@ -1,0 +1,33 @@
+"""Pydantic shapes of the family tree, ``GET /lineage/{name}``."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class RelativeOut(BaseModel):
+    """A model reached by walking edges, ``depth`` edges away (1: a parent or a child)."""
+
+    name: str
+    depth: int
+
+
+class LineageEdge(BaseModel):
+    """One parent → child edge with its evidence."""
+
+    parent: str
+    child: str
+    score: float | None = Field(description="Confidence of the decision that made the edge.")
+    method: str | None
+    relation: str
+    declared: bool = Field(description="Declared by the uploader rather than inferred.")
+    scores: dict[str, float | None] | None = Field(description="Every method's score for the pair.")
+
+
+class FamilyTree(BaseModel):
+    """A model's ancestors and descendants (nearest first) and every edge among them."""
+
+    model: str
+    ancestors: list[RelativeOut]
+    descendants: list[RelativeOut]
+    edges: list[LineageEdge]

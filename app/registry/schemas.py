@@ -1,0 +1,85 @@
+"""Pydantic shapes of the catalog's HTTP interface: what ``/parents`` and ``/models`` accept and
+return. The records themselves are built by ``app.registry.service.to_dict``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+# Hub-style names: ``name`` or ``org/name`` (more segments allowed); every segment starts with a
+# letter, digit or underscore, so there are no empty, ``.`` or ``..`` segments and no spaces.
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*$"
+
+ModelName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=300, pattern=NAME_PATTERN),
+    Field(description="A model's name, e.g. `org/name` (letters, digits, `_`, `.`, `-`, `/`)."),
+]
+
+
+class ModelRecord(BaseModel):
+    """A registered model: one distinct set of weights (a node of the lineage graph)."""
+
+    name: str
+    sha256: str = Field(description="SHA-256 of the weight bytes: the model's identity.")
+    hub_id: str | None = None
+    revision: str | None = Field(None, description="Resolved commit of a hub model.")
+    architecture: str | None = Field(None, description="`model_type` from its config.json.")
+    num_parameters: int
+    num_bytes: int
+    is_candidate: bool = Field(description="Whether new children are scored against it.")
+    created_at: str | None = None
+
+
+class RegisteredModel(ModelRecord):
+    """The answer to ``POST /parents``: the record, and whether this request created it."""
+
+    created: bool = Field(
+        description="False when the same weights were already registered (the existing record)."
+    )
+
+
+class ParentEdge(BaseModel):
+    """An edge into a model, seen from the child."""
+
+    parent: str
+    score: float | None
+    method: str | None
+    relation: str
+    declared: bool
+
+
+class ModelDetail(ModelRecord):
+    """A model with its direct family: the edges into it and its children's names."""
+
+    parents: list[ParentEdge]
+    children: list[str]
+
+
+class ModelPage(BaseModel):
+    """One page of ``GET /models``, newest first."""
+
+    models: list[ModelRecord]
+    total: int = Field(description="How many models match the filter, over all pages.")
+    limit: int
+    offset: int
+
+
+class ParentUpload(BaseModel):
+    """The text fields of a multipart ``POST /parents`` (the files come in ``files``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ModelName
+
+
+class HubModelRequest(BaseModel):
+    """A model named by its hub ID instead of uploaded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hub_id: ModelName = Field(description="Hugging Face hub ID, e.g. `org/name`.")
+    revision: str | None = Field(
+        None, max_length=100, description="Branch, tag or commit; resolved to a commit hash."
+    )
