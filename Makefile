@@ -18,7 +18,7 @@ $(VENV)/.dev-installed: $(BIN)/python pyproject.toml constraints-cpu.txt
 	touch $(VENV)/.installed $@
 
 run: $(VENV)/.installed
-	$(BIN)/lineage demo
+	$(BIN)/lineage serve --demo
 
 test: $(VENV)/.dev-installed
 	scripts/ensure-services.sh

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import typer
@@ -161,6 +162,69 @@ def demo(
             typer.echo(run(Path(tmp), family, methods))
     else:
         typer.echo(run(out, family, methods))
+
+
+@cli.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    demo: bool = typer.Option(
+        False, "--demo", help="Fill the service with a demo family through its API, then serve."
+    ),
+) -> None:
+    """Run the API (and, without REDIS_URL, an in-process worker) on the configured database.
+
+    The database is migrated to the newest schema first. Configuration: environment variables
+    (see README: DATABASE_URL, REDIS_URL, STORAGE_DIR, ...).
+    """
+    import threading
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from app.core.config import get_settings
+    from app.core.db import migrate
+
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        _fail(f"bad configuration: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
+    try:
+        migrate(settings.database_url)
+    except Exception as exc:  # the database is unreachable or refuses us
+        _fail(f"cannot prepare the database at {settings.database_url}: {exc}")
+    from app.api.app import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port))
+    if demo:
+        from app.service_demo import run_service_demo
+
+        def fill() -> None:
+            while not server.started:
+                time.sleep(0.1)
+            run_service_demo(f"http://{host}:{port}", Path("var/demo-zoo"), typer.echo)
+
+        threading.Thread(target=fill, daemon=True).start()
+    server.run()
+
+
+@cli.command()
+def worker(
+    concurrency: int = typer.Option(
+        1, help="Processes in this worker; keep 1 per GPU (CUDA_VISIBLE_DEVICES picks the GPU)."
+    ),
+    loglevel: str = typer.Option("INFO", help="Celery log level."),
+) -> None:
+    """Run a Celery worker for detection jobs (needs REDIS_URL and DATABASE_URL)."""
+    from app.core.config import get_settings
+
+    if not get_settings().redis_url:
+        _fail("REDIS_URL is not set: a separate worker needs the Redis broker")
+    from worker.tasks import celery
+
+    celery.worker_main(
+        ["worker", f"--loglevel={loglevel}", f"--concurrency={concurrency}", "--pool=prefork"]
+    )
 
 
 zoo_cli = typer.Typer(no_args_is_help=True, help="Build model zoos for the benchmark.")
