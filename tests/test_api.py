@@ -36,6 +36,7 @@ class Family:
 
     parents: list[Path]
     child: Path
+    grandchild: Path  # a fine-tune of the child
     misfit: Path  # parent 0's weights with a config.json they do not fit
 
 
@@ -53,9 +54,12 @@ def family(tmp_path_factory) -> Family:
     x, y = digits_task(network, 40)
     child = train(network, _read_state(states[1]), x, y, steps=60, lr=2e-3, seed=40)
     misfit_config = {**CONFIG, "sizes": [64, 16, 10]}
+    x, y = digits_task(network, 41)
+    grandchild = train(network, child, x, y, steps=60, lr=2e-3, seed=41)
     return Family(
         parents=states,
         child=save_model(out / "child", child, CONFIG),
+        grandchild=save_model(out / "grandchild", grandchild, CONFIG),
         misfit=save_model(out / "misfit", _read_state(states[0]), misfit_config),
     )
 
@@ -198,6 +202,19 @@ def test_register_detect_and_browse_the_family(service, family):
     assert child["is_candidate"] is True  # register_as_parent, applied by the job
     assert [p["parent"] for p in child["parents"]] == ["org/parent-1"]
     assert client.get("/models/org/parent-1").json()["children"] == ["org/child"]
+
+    # The next generation builds on the child, now a catalog parent itself.
+    response = client.post(
+        "/detect", data={"name": "org/grandchild"}, files=upload(family.grandchild)
+    )
+    job = service.finished_job(response.json()["job_id"])
+    assert job["result"]["decision"]["parent"] == "org/child", job["result"]
+    tree = client.get("/lineage/org/grandchild").json()
+    assert tree["ancestors"] == [
+        {"name": "org/child", "depth": 1},
+        {"name": "org/parent-1", "depth": 2},
+    ]
+    assert len(tree["edges"]) == 2
 
 
 def test_the_same_weights_twice_are_one_record(service, family):

@@ -201,3 +201,39 @@ def test_concurrent_opposite_edges_cannot_both_land_on_postgresql():
             pairs = session.execute(text("SELECT parent_id, child_id FROM edges")).all()
         assert [tuple(p) for p in pairs] == [(ids["A"], ids["B"])]
         engine.dispose()
+
+
+def test_concurrent_registrations_of_the_same_weights_make_one_record(tmp_path):
+    """Two requests registering the same new weights at once: one inserts, the other waits on
+    the unique index and then answers with the first one's record, not an error."""
+    from app.engine.model_files import load_model, save_model
+    from app.registry.service import register
+    from tests.factories import TINY_MLP_CONFIG, tiny_mlp_state
+
+    folder = save_model(tmp_path / "m", tiny_mlp_state(3), TINY_MLP_CONFIG)
+    loaded = load_model(folder)
+    with postgres_database() as url:
+        migrate(url)
+        engine = make_engine(url)
+        factory = session_factory(engine)
+        barrier = threading.Barrier(2)
+        results: list[tuple[int, bool]] = []
+
+        def attempt(name: str):
+            with transaction(factory) as session:
+                barrier.wait(5)
+                record, created = register(session, loaded, folder, name, candidate=True)
+                results.append((record.id, created))
+                time.sleep(0.3)  # keep the transaction open while the other one inserts
+
+        threads = [threading.Thread(target=attempt, args=(n,)) for n in ("org/a", "org/b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert len(results) == 2
+        assert results[0][0] == results[1][0]
+        assert sorted(created for _, created in results) == [False, True]
+        with factory() as session:
+            assert session.scalar(select(func.count()).select_from(Model)) == 1
+        engine.dispose()

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.detection.errors import UnknownJob
 from app.engine.errors import LineageError, ModelTooLarge
 from app.lineage.errors import CycleRefused
 from app.registry.errors import NameTaken, UnknownModel
@@ -24,14 +25,7 @@ from app.registry.errors import NameTaken, UnknownModel
 log = logging.getLogger(__name__)
 
 
-# Errors found at the HTTP edge itself. UnknownJob belongs with the detection domain's errors
-# (there is no app/detection/errors.py yet); HubUnsupported goes once hub IDs are resolved.
-class UnknownJob(LineageError):
-    """No detection job has that id."""
-
-    code = "unknown_job"
-
-
+# Errors found at the HTTP edge itself (HubUnsupported goes once hub IDs are resolved).
 class HubUnsupported(LineageError):
     """A request naming a hub model; only uploads are accepted so far."""
 

@@ -15,9 +15,10 @@ from app.api.deps import (
     model_request_body,
     validate_body,
 )
-from app.api.errors import HubUnsupported, QueueUnavailable, UnknownJob
+from app.api.errors import HubUnsupported, QueueUnavailable
 from app.core.db import utcnow
 from app.detection import service
+from app.detection.errors import UnknownJob
 from app.detection.models import Job
 from app.detection.schemas import (
     DetectUpload,

@@ -11,7 +11,6 @@ that died is claimable again, so the broker's redelivery (``acks_late``) finishe
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
@@ -57,14 +56,20 @@ def _fail(factory: sessionmaker[Session], job_id: str, code: str, message: str) 
             )
 
 
-def run_job(
-    factory: sessionmaker[Session],
-    job_id: str,
-    *,
-    device: str = "cpu",
-    progress: Callable[[float], None] = lambda _: None,
-) -> None:
+def report_progress(factory: sessionmaker[Session], job_id: str, value: float) -> None:
+    """Record a running job's progress (0–1) in its own short transaction."""
+    with transaction(factory) as session:
+        session.execute(
+            update(Job).where(Job.id == job_id, Job.status == "running").values(progress=value)
+        )
+
+
+def run_job(factory: sessionmaker[Session], job_id: str, *, device: str = "cpu") -> None:
     """Claim and run one job; its outcome is written to the database, never raised."""
+
+    def progress(value: float) -> None:
+        report_progress(factory, job_id, value)
+
     with transaction(factory) as session:
         job = claim(session, job_id)
         if job is None:

@@ -3,42 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlalchemy.orm import Session
 
 from app.api.deps import SessionDep, SettingsDep
-from app.lineage.repository import LineageRepository
 from app.lineage.schemas import FamilyTree
-from app.registry.service import get_by_name
+from app.lineage.service import family_tree
 
 router = APIRouter(tags=["lineage"])
-
-
-def family_tree(session: Session, name: str, max_depth: int) -> dict:
-    """The JSON family tree of ``name``: ancestors and descendants up to ``max_depth`` edges away
-    (nearest first) and every edge among the model and those relatives."""
-    model = get_by_name(session, name)
-    repository = LineageRepository(session)
-    ancestors = repository.ancestors(model.id, max_depth)
-    descendants = repository.descendants(model.id, max_depth)
-    names = {model.id: model.name}
-    names.update({r.model.id: r.model.name for r in (*ancestors, *descendants)})
-    return {
-        "model": model.name,
-        "ancestors": [{"name": r.model.name, "depth": r.depth} for r in ancestors],
-        "descendants": [{"name": r.model.name, "depth": r.depth} for r in descendants],
-        "edges": [
-            {
-                "parent": names[edge.parent_id],
-                "child": names[edge.child_id],
-                "score": edge.score,
-                "method": edge.method,
-                "relation": edge.relation,
-                "declared": edge.declared,
-                "scores": edge.scores,
-            }
-            for edge in repository.edges_among(set(names))
-        ],
-    }
 
 
 @router.get(

@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from app.api.deps import (
     MetricsDep,
@@ -19,7 +17,6 @@ from app.api.deps import (
 from app.api.errors import HubUnsupported
 from app.lineage.repository import LineageRepository
 from app.registry import service
-from app.registry.models import Model
 from app.registry.schemas import (
     HubModelRequest,
     ModelDetail,
@@ -79,24 +76,6 @@ def register_parent(
     return {**service.to_dict(record), "created": created}
 
 
-def _matching(q: str | None):
-    query = select(Model)
-    if q:
-        # Escape LIKE's wildcards so `q` is a literal substring, the same on both databases.
-        query = query.where(Model.name.contains(q, autoescape=True))
-    return query
-
-
-def list_models(session: Session, q: str | None, limit: int, offset: int) -> tuple[list, int]:
-    """A page of models whose names contain ``q``, newest first, and how many match."""
-    query = _matching(q)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    page = session.scalars(
-        query.order_by(Model.created_at.desc(), Model.id.desc()).limit(limit).offset(offset)
-    )
-    return list(page), total
-
-
 @router.get("/models", response_model=ModelPage, summary="List models")
 def get_models(
     session: SessionDep,
@@ -107,7 +86,7 @@ def get_models(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict:
     """Registered models, newest first, optionally filtered by a substring of the name."""
-    models, total = list_models(session, q, limit, offset)
+    models, total = service.list_models(session, q, limit, offset)
     return {
         "models": [service.to_dict(m) for m in models],
         "total": total,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.engine.model_files import LoadedModel
@@ -56,8 +57,17 @@ def register(
         storage_path=str(folder),
         is_candidate=candidate,
     )
-    session.add(record)
-    session.flush()
+    try:
+        # A savepoint: a concurrent registration of the same weights or name makes this insert
+        # fail on a unique constraint; the outer transaction survives and we answer as if we
+        # had come second.
+        with session.begin_nested():
+            session.add(record)
+    except IntegrityError:
+        winner = session.scalars(select(Model).where(Model.sha256 == loaded.sha256)).first()
+        if winner is not None:
+            return winner, False
+        raise NameTaken(f"the name {name!r} is already registered for other weights") from None
     return record, True
 
 
@@ -103,3 +113,21 @@ def to_dict(model: Model) -> dict:
         "is_candidate": model.is_candidate,
         "created_at": model.created_at.isoformat() if model.created_at else None,
     }
+
+
+def _matching(q: str | None):
+    query = select(Model)
+    if q:
+        # Escape LIKE's wildcards so `q` is a literal substring, the same on both databases.
+        query = query.where(Model.name.contains(q, autoescape=True))
+    return query
+
+
+def list_models(session: Session, q: str | None, limit: int, offset: int) -> tuple[list, int]:
+    """A page of models whose names contain ``q``, newest first, and how many match."""
+    query = _matching(q)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    page = session.scalars(
+        query.order_by(Model.created_at.desc(), Model.id.desc()).limit(limit).offset(offset)
+    )
+    return list(page), total
