@@ -104,3 +104,20 @@ def cli():
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A fresh database of each kind (a SQLite file; a throwaway database on the local
+    PostgreSQL), its schema made by the migrations."""
+    from app.core.db import migrate
+    from tests.services import postgres_database
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'lineage.db'}"
+        migrate(url)
+        yield url
+    else:
+        with postgres_database() as url:
+            migrate(url)
+            yield url

@@ -79,19 +79,6 @@ def upload(folder: Path, *names: str) -> list[tuple[str, tuple[str, bytes, str]]
     ]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path) -> Iterator[str]:
-    """A fresh database of each kind, its schema made by the migrations."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'lineage.db'}"
-        migrate(url)
-        yield url
-    else:
-        with postgres_database() as url:
-            migrate(url)
-            yield url
-
-
 @dataclass
 class Service:
     """A running API and what the test needs to look behind it."""

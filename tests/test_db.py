@@ -19,22 +19,9 @@ from app.registry.models import Model
 from tests.services import postgres_database
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    """A fresh, migrated database of each kind."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'lineage.db'}"
-        migrate(url)
-        yield url
-    else:
-        with postgres_database() as url:
-            migrate(url)
-            yield url
-
-
 @pytest.fixture
-def factory(db_url):
-    engine = make_engine(db_url)
+def factory(database_url):
+    engine = make_engine(database_url)
     yield session_factory(engine)
     engine.dispose()
 
@@ -63,16 +50,16 @@ def add_edges(factory, ids, *pairs: tuple[str, str]) -> None:
             repo.add_edge(ids[parent], ids[child], score=1.0, method="auto")
 
 
-def test_schema_is_made_and_unmade_by_migrations(db_url):
-    engine = create_engine(db_url)
+def test_schema_is_made_and_unmade_by_migrations(database_url):
+    engine = create_engine(database_url)
     assert set(inspect(engine).get_table_names()) >= {"models", "edges", "jobs", "alembic_version"}
-    downgrade(db_url)
+    downgrade(database_url)
     engine.dispose()
-    engine = create_engine(db_url)
+    engine = create_engine(database_url)
     assert set(inspect(engine).get_table_names()) == {"alembic_version"}
-    migrate(db_url)
+    migrate(database_url)
     engine.dispose()
-    engine = create_engine(db_url)
+    engine = create_engine(database_url)
     assert {"models", "edges", "jobs"} <= set(inspect(engine).get_table_names())
     engine.dispose()
 

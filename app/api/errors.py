@@ -10,6 +10,7 @@ own 404/405/413. Anything else is a bug: logged with its traceback and answered 
 from __future__ import annotations
 
 import logging
+from typing import NoReturn
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,6 +31,14 @@ class HubUnsupported(LineageError):
     """A request naming a hub model; only uploads are accepted so far."""
 
     code = "hub_unsupported"
+
+
+def refuse_hub_request(hub_id: str, what: str) -> NoReturn:
+    """Answer a (well-formed) hub request until hub IDs are resolved."""
+    raise HubUnsupported(
+        f"hub IDs are not supported yet ({hub_id!r}); upload the {what}'s files as "
+        "multipart/form-data instead"
+    )
 
 
 class UnsupportedMediaType(LineageError):

@@ -15,7 +15,7 @@ from app.api.deps import (
     model_request_body,
     validate_body,
 )
-from app.api.errors import HubUnsupported, QueueUnavailable
+from app.api.errors import QueueUnavailable, refuse_hub_request
 from app.core.db import utcnow
 from app.detection import service
 from app.detection.errors import UnknownJob
@@ -66,11 +66,7 @@ def detect(
     JSON `{"hub_id", "revision", ...}` is the shape for hub models, not supported yet.
     """
     if body.is_json:
-        hub = validate_body(HubDetectRequest, body.json)
-        raise HubUnsupported(
-            f"hub IDs are not supported yet ({hub.hub_id!r}); upload the child's files as "
-            "multipart/form-data instead"
-        )
+        refuse_hub_request(validate_body(HubDetectRequest, body.json).hub_id, "child")
     fields = body.form(DetectUpload)
     # Checked before anything is stored: a typo must not leave a model behind.
     if fields.method not in method_names():

@@ -14,7 +14,7 @@ from app.api.deps import (
     model_request_body,
     validate_body,
 )
-from app.api.errors import HubUnsupported
+from app.api.errors import refuse_hub_request
 from app.lineage.repository import LineageRepository
 from app.registry import service
 from app.registry.schemas import (
@@ -59,11 +59,7 @@ def register_parent(
     for hub models, not supported yet (400 `hub_unsupported`).
     """
     if body.is_json:
-        hub = validate_body(HubModelRequest, body.json)
-        raise HubUnsupported(
-            f"hub IDs are not supported yet ({hub.hub_id!r}); upload the model's files as "
-            "multipart/form-data instead"
-        )
+        refuse_hub_request(validate_body(HubModelRequest, body.json).hub_id, "model")
     fields = body.form(ParentUpload)
     folder, loaded, fresh = body.store(settings)
     record, created = service.register_stored(
