@@ -10,6 +10,7 @@ that died is claimable again, so the broker's redelivery (``acks_late``) finishe
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 from sqlalchemy import update
@@ -24,6 +25,8 @@ from app.lineage.errors import CycleRefused
 from app.lineage.repository import LineageRepository
 from app.registry.models import Model
 from app.registry.service import candidates, get_by_name
+
+log = logging.getLogger(__name__)
 
 
 def create_job(session: Session, child: Model, request: dict) -> Job:
@@ -113,6 +116,20 @@ def run_job(factory: sessionmaker[Session], job_id: str, *, device: str = "cpu")
     except OSError as exc:
         _fail(factory, job_id, "storage_error", f"cannot read model files: {exc}")
         return
+    except Exception as exc:
+        # A bug or a time limit (Celery's SoftTimeLimitExceeded): the job must not stay
+        # "running" forever; record the failure, and let the caller see the exception.
+        log.exception("detection job %s crashed", job_id)
+        timed_out = type(exc).__name__ == "SoftTimeLimitExceeded"
+        _fail(
+            factory,
+            job_id,
+            "time_limit" if timed_out else "internal",
+            "the job ran past its time limit (TASK_TIME_LIMIT)"
+            if timed_out
+            else f"detection crashed: {type(exc).__name__}",
+        )
+        raise
     with transaction(factory) as session:
         job = session.get(Job, job_id)
         if job is None or job.status == "succeeded":
