@@ -22,6 +22,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.dev-installed
 	scripts/ensure-services.sh
+	scripts/ensure-browser.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest

@@ -22,6 +22,8 @@ from app.detection.dispatch import Dispatcher
 from app.detection.endpoints import router as detection_router
 from app.lineage.endpoints import router as lineage_router
 from app.registry.endpoints import router as registry_router
+from app.web.endpoints import router as web_router
+from app.web.endpoints import static_files
 
 DESCRIPTION = """
 Find which registered model a neural network was fine-tuned from, from its weights alone.
@@ -78,6 +80,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     install_error_handlers(app)
     # Added last, so outermost: it also counts the 500s the error middleware answers.
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
-    for router in (registry_router, detection_router, lineage_router, health_router):
+    for router in (registry_router, detection_router, lineage_router, health_router, web_router):
         app.include_router(router)
+    app.mount("/static", static_files(), name="static")
     return app
