@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,15 +22,9 @@ from pathlib import Path
 
 import httpx
 
+from app.api.process import CHROMIUM, CHROMIUM_ARGS, served
+
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def files(folder: Path):
@@ -67,29 +59,7 @@ def main() -> None:
             cwd=ROOT,
         )
     models = json.loads((zoo / "manifest.json").read_text())["models"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{work / 'l.db'}",
-        "STORAGE_DIR": str(work / "storage"),
-    }
-    env.pop("REDIS_URL", None)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+    with served(f"sqlite:///{work / 'l.db'}", work / "storage") as base:
         with httpx.Client(base_url=base, timeout=120) as client:
             for name, record in models.items():
                 if record["role"] in ("root", "parent"):
@@ -113,18 +83,13 @@ def main() -> None:
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-            )
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 860})
             page.goto(f"{base}/lineage/{args.focus}?depth=3")
             args.out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(args.out), full_page=True)
             browser.close()
         print(f"wrote {args.out}")
-    finally:
-        server.terminate()
-        server.wait(15)
 
 
 if __name__ == "__main__":

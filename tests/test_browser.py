@@ -5,11 +5,6 @@ output."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,19 +12,11 @@ import httpx
 import pytest
 import torch
 
+from app.api.process import CHROMIUM, CHROMIUM_ARGS, served
 from app.engine.model_files import save_model
 from tests.factories import TINY_MLP_CONFIG, tiny_mlp_state
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def files(folder: Path):
@@ -49,32 +36,8 @@ def jittered(state: dict, seed: int) -> dict:
 @pytest.fixture
 def server(tmp_path):
     """``lineage serve`` on a fresh SQLite file, with base → child → two grandchildren."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'lineage.db'}",
-        "STORAGE_DIR": str(tmp_path / "storage"),
-    }
-    env.pop("REDIS_URL", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, "no server"
-            time.sleep(0.1)
+    database = f"sqlite:///{tmp_path / 'lineage.db'}"
+    with served(database, tmp_path / "storage") as base:
         state = tiny_mlp_state(0)
         family = {
             "org/base": state,
@@ -96,9 +59,6 @@ def server(tmp_path):
                 while client.get(f"/jobs/{job}").json()["status"] in ("queued", "running"):
                     time.sleep(0.05)
         yield base
-    finally:
-        process.terminate()
-        process.wait(15)
 
 
 def test_a_child_page_shows_its_family_and_links_to_the_parent(server, tmp_path):

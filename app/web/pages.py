@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.detection.models import Job
 from app.lineage.repository import LineageRepository
+from app.lineage.service import tree_dict
 from app.registry.service import get_by_name, list_models, to_dict
 from app.web.layout import Layout, layered_layout, signed_levels
 from app.web.repository import latest_results, recent_jobs
@@ -174,24 +175,8 @@ def load_family(session: Session, name: str, depth: int) -> Family:
     descendants = repository.descendants(model.id, depth + 1)
     shown = [model] + [r.model for r in (*ancestors, *descendants) if r.depth <= depth]
     names = {m.id: m.name for m in shown}
-    tree = {
-        "model": model.name,
-        "ancestors": [{"name": r.model.name, "depth": r.depth} for r in ancestors],
-        "descendants": [{"name": r.model.name, "depth": r.depth} for r in descendants],
-        "edges": [
-            {
-                "parent": names[edge.parent_id],
-                "child": names[edge.child_id],
-                "score": edge.score,
-                "method": edge.method,
-                "relation": edge.relation,
-                "declared": edge.declared,
-                "scores": edge.scores,
-                "evidence": edge.evidence,
-            }
-            for edge in repository.edges_among(set(names))
-        ],
-    }
+    edges = repository.edges_among(set(names))
+    tree = tree_dict(model, ancestors, descendants, edges, names, with_evidence=True)
     verdicts = {
         names[model_id]: verdict
         for model_id, result in latest_results(session, names.keys()).items()
