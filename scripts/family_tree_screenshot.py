@@ -84,10 +84,10 @@ def main() -> None:
 
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page = browser.new_page(viewport={"width": 1280, "height": 840})
             page.goto(f"{base}/lineage/{args.focus}?depth=3")
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(args.out), full_page=True)
+            page.screenshot(path=str(args.out))  # the first screen: title, graph, facts
             browser.close()
         print(f"wrote {args.out}")
 
