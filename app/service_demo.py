@@ -58,5 +58,5 @@ def run_service_demo(base_url: str, out: Path, say: Callable[[str], None] = prin
             verdict = "ok" if found == truth else f"WRONG ({job['status']})"
             say(f"  demo/{name:<19} {found or 'none':<16} {truth or 'none':<16} {verdict}")
     say("")
-    say(f"open {base_url}/docs for the API, {base_url}/models for the catalog,")
+    say(f"open {base_url}/ for the catalog, {base_url}/docs for the API,")
     say(f"and {base_url}/lineage/demo/parent-0 for a family (Ctrl-C stops the service)")
