@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import pool
 
 from app.core.db import Base, make_engine
 from app.detection import models as _jobs  # noqa: F401  (tables register on Base)
@@ -16,7 +15,6 @@ target_metadata = Base.metadata
 def run_migrations_online() -> None:
     url = context.config.get_main_option("sqlalchemy.url")
     engine = make_engine(url)
-    engine.pool = pool.NullPool(engine.pool._creator)
     with engine.connect() as connection:
         context.configure(
             connection=connection,

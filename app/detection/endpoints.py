@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 
 from app.api.deps import (
     DispatcherDep,
@@ -18,6 +19,7 @@ from app.api.deps import (
 from app.api.errors import QueueUnavailable, refuse_hub_request
 from app.core.db import utcnow
 from app.detection import service
+from app.detection.audit import VERDICTS
 from app.detection.errors import UnknownJob
 from app.detection.models import Job
 from app.detection.schemas import (
@@ -115,3 +117,24 @@ def get_job(job_id: str, session: SessionDep) -> dict:
         raise UnknownJob(f"no job with id {job_id!r}")
     child = session.get(Model, job.child_id) if job.child_id is not None else None
     return service.to_dict(job, child.name if child is not None else None)
+
+
+@router.get("/audit", summary="Detections by audit verdict (the operator's review queue)")
+def get_audit(
+    session: SessionDep,
+    verdict: Annotated[
+        Literal[VERDICTS],
+        Query(description="Which verdict to list, e.g. undisclosed or mismatch."),
+    ],
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict:
+    """Finished detections with this audit verdict, newest first: the child, the parent
+    inferred from its weights, the parents its files declare (and whether each is in the
+    catalog), and the confidence."""
+    return {
+        "verdict": verdict,
+        "jobs": service.audit_list(session, verdict, limit, offset),
+        "limit": limit,
+        "offset": offset,
+    }

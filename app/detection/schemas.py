@@ -52,6 +52,11 @@ class JobStatus(BaseModel):
     progress: float = Field(description="From 0 to 1.")
     child: str | None = Field(description="The child model's name.")
     attempts: int = Field(description="How many times a worker claimed the job.")
+    verdict: str | None = Field(
+        None,
+        description="Audit verdict once succeeded: consistent, undisclosed, mismatch, "
+        "unverified or no_parent (details in result.audit).",
+    )
     error: JobError | None
     result: dict[str, Any] | None = Field(
         description=(

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import logging
 import uuid
+from pathlib import Path
 
-from sqlalchemy import update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.db import transaction, utcnow
+from app.detection.audit import audit_verdict
 from app.detection.models import Job
 from app.engine.architectures import open_model
 from app.engine.decision import rank_candidates
 from app.engine.errors import LineageError
-from app.lineage.errors import CycleRefused
+from app.hub.declared import declared_parents
+from app.lineage.errors import CycleRefused, SelfEdge
 from app.lineage.repository import LineageRepository
 from app.registry.models import Model
 from app.registry.service import candidates, get_by_name
@@ -130,29 +133,93 @@ def run_job(factory: sessionmaker[Session], job_id: str, *, device: str = "cpu")
             else f"detection crashed: {type(exc).__name__}",
         )
         raise
+    declared = declared_parents(Path(child_row[2]))
     with transaction(factory) as session:
         job = session.get(Job, job_id)
         if job is None or job.status == "succeeded":
             return  # another delivery finished it first
         decision = result["decision"]
+        repository = LineageRepository(session)
+        refused = []
+
+        def write_edge(parent: Model, **fields) -> None:
+            try:
+                with session.begin_nested():
+                    repository.add_edge(parent.id, child_row[0], **fields)
+            except (CycleRefused, SelfEdge) as exc:
+                refused.append({"parent": parent.name, "code": exc.code, "message": exc.message})
+
+        catalog = catalog_names(session, [d.name for d in declared])
+        declared_in_catalog = {catalog[d.name]: d for d in declared if d.name in catalog}
         if decision["parent"] is not None:
             parent = get_by_name(session, decision["parent"])
             best = next(c for c in result["candidates"] if c["parent"] == decision["parent"])
-            try:
-                with session.begin_nested():
-                    LineageRepository(session).add_edge(
-                        parent.id,
-                        child_row[0],
-                        score=decision["confidence"],
-                        method=decision["method"],
-                        scores=best["scores"],
-                        evidence={k: decision[k] for k in ("confidence", "margin", "calibrated")},
-                    )
-            except CycleRefused as exc:
-                result["edge_refused"] = {"code": exc.code, "message": exc.message}
+            also_declared = declared_in_catalog.pop(parent.name, None)
+            write_edge(
+                parent,
+                score=decision["confidence"],
+                method=decision["method"],
+                scores=best["scores"],
+                evidence={k: decision[k] for k in ("confidence", "margin", "calibrated")},
+                relation=also_declared.relation if also_declared else "finetune",
+                declared=also_declared is not None,
+            )
+        # Declared parents the weights did not confirm still enter the graph, marked declared,
+        # so the family tree shows what the uploader claimed beside what was found.
+        for name, stated in declared_in_catalog.items():
+            write_edge(
+                get_by_name(session, name),
+                relation=stated.relation,
+                declared=True,
+                evidence={"source": stated.source},
+            )
+        if refused:
+            result["edges_refused"] = refused
+        result["audit"] = audit_verdict(decision["parent"], declared, catalog, decision)
         if request.get("register_as_parent"):
             session.get(Model, child_row[0]).is_candidate = True
         job.status, job.result, job.progress, job.finished_at = "succeeded", result, 1.0, utcnow()
+        job.verdict = result["audit"]["verdict"]
+
+
+def catalog_names(session: Session, names: list[str]) -> dict[str, str]:
+    """Map each of ``names`` that a catalog model carries as its name or hub ID to that model's
+    name."""
+    if not names:
+        return {}
+    found: dict[str, str] = {}
+    models = session.scalars(
+        select(Model).where(or_(Model.name.in_(names), Model.hub_id.in_(names)))
+    )
+    for model in models:
+        for name in names:
+            if name in (model.name, model.hub_id):
+                found.setdefault(name, model.name)
+    return found
+
+
+def audit_list(session: Session, verdict: str, limit: int, offset: int) -> list[dict]:
+    """Finished jobs with this audit verdict, newest first: an operator's review queue."""
+    rows = session.execute(
+        select(Job, Model.name)
+        .join(Model, Job.child_id == Model.id)
+        .where(Job.verdict == verdict)
+        .order_by(Job.finished_at.desc(), Job.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return [
+        {
+            "job_id": job.id,
+            "child": name,
+            "verdict": job.verdict,
+            "inferred": (job.result or {}).get("audit", {}).get("inferred"),
+            "declared": (job.result or {}).get("audit", {}).get("declared", []),
+            "confidence": (job.result or {}).get("audit", {}).get("confidence"),
+            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        }
+        for job, name in rows
+    ]
 
 
 def to_dict(job: Job, child_name: str | None) -> dict:
@@ -163,6 +230,7 @@ def to_dict(job: Job, child_name: str | None) -> dict:
         "progress": job.progress,
         "child": child_name,
         "attempts": job.attempts,
+        "verdict": job.verdict,
         "error": job.error,
         "result": job.result,
         "created_at": job.created_at.isoformat() if job.created_at else None,

@@ -1,0 +1,1 @@
+"""Hugging Face hub conventions: what a model declares about its own lineage."""
