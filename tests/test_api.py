@@ -114,7 +114,13 @@ class Service:
 
 def start_service(url: str, storage: Path, **settings) -> Service:
     """The API on ``url`` with its own in-process worker (start it with ``with svc.client``)."""
-    settings = Settings(database_url=url, storage_dir=storage, redis_url=None, **settings)
+    # Hub models only from a local cache: the tests never reach the network.
+    settings = Settings(
+        database_url=url,
+        storage_dir=storage,
+        redis_url=None,
+        **{"hf_hub_offline": True, "hf_hub_cache": storage.parent / "hf-cache", **settings},
+    )
     engine = make_engine(url)
     factory = session_factory(engine)
     dispatcher = InProcessDispatcher(factory)
@@ -272,9 +278,10 @@ def test_bad_input_is_a_4xx_and_leaves_nothing_behind(service, family):
     )
     assert "JSON" in assert_error(not_json, 422, "invalid_request")["message"]
     assert_error(client.post("/parents", json={"revision": "main"}), 422, "invalid_request")
+    # Offline with an empty cache: a hub ID cannot be had, and says so.
     hub = client.post("/parents", json={"hub_id": "gpt2", "revision": "main"})
-    assert "not supported yet" in assert_error(hub, 400, "hub_unsupported")["message"]
-    assert_error(client.post("/detect", json={"hub_id": "gpt2"}), 400, "hub_unsupported")
+    assert "local cache" in assert_error(hub, 503, "hub_offline")["message"]
+    assert_error(client.post("/detect", json={"hub_id": "org/absent"}), 503, "hub_offline")
     assert service.rows() == (0, 0) and service.stored() == []
 
     assert_error(client.get("/models/org/nobody"), 404, "unknown_model")

@@ -10,7 +10,6 @@ own 404/405/413. Anything else is a bug: logged with its traceback and answered 
 from __future__ import annotations
 
 import logging
-from typing import NoReturn
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,27 +19,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.detection.errors import UnknownJob
 from app.engine.errors import LineageError, ModelTooLarge
+from app.hub.resolve import GatedHubModel, HubOffline, UnknownHubModel
 from app.lineage.errors import CycleRefused
 from app.registry.errors import NameTaken, UnknownModel
 
 log = logging.getLogger(__name__)
 
 
-# Errors found at the HTTP edge itself (HubUnsupported goes once hub IDs are resolved).
-class HubUnsupported(LineageError):
-    """A request naming a hub model; only uploads are accepted so far."""
-
-    code = "hub_unsupported"
-
-
-def refuse_hub_request(hub_id: str, what: str) -> NoReturn:
-    """Answer a (well-formed) hub request until hub IDs are resolved."""
-    raise HubUnsupported(
-        f"hub IDs are not supported yet ({hub_id!r}); upload the {what}'s files as "
-        "multipart/form-data instead"
-    )
-
-
+# Errors found at the HTTP edge itself.
 class UnsupportedMediaType(LineageError):
     """A request body that is neither multipart/form-data nor JSON."""
 
@@ -63,6 +49,9 @@ class QueueUnavailable(LineageError):
 STATUS: dict[type[LineageError], int] = {
     UnknownModel: 404,
     UnknownJob: 404,
+    UnknownHubModel: 404,
+    GatedHubModel: 403,
+    HubOffline: 503,
     NameTaken: 409,
     CycleRefused: 409,
     ModelTooLarge: 413,

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     max_lineage_depth: int = Field(
         16, gt=0, le=256, description="Deepest ancestry walked by /lineage queries."
     )
+    hf_hub_cache: Path | None = Field(
+        None, description="Hugging Face cache for hub models (default: huggingface_hub's own)."
+    )
+    hf_hub_offline: bool = Field(
+        False, description="Serve hub models from the cache only (as HF_HUB_OFFLINE=1)."
+    )
     device: str = Field(
         "cpu", description="Where workers run the engine: cpu, cuda or cuda:N (one per GPU)."
     )

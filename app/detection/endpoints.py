@@ -16,7 +16,7 @@ from app.api.deps import (
     model_request_body,
     validate_body,
 )
-from app.api.errors import QueueUnavailable, refuse_hub_request
+from app.api.errors import QueueUnavailable
 from app.core.db import utcnow
 from app.detection import service
 from app.detection.audit import VERDICTS
@@ -32,6 +32,7 @@ from app.engine.errors import UnknownMethod
 from app.engine.methods import method_names
 from app.registry.models import Model
 from app.registry.service import register_stored
+from app.registry.storage import store_hub_model
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["detection"])
@@ -65,21 +66,28 @@ def detect(
     Multipart: the child's `files`, optional `name`, `method` (default `auto`) and
     `register_as_parent` (after detection, the child joins the catalog of candidate parents).
     Answers 202 with the job id; follow it at `GET /jobs/{job_id}` (the `Location` header).
-    JSON `{"hub_id", "revision", ...}` is the shape for hub models, not supported yet.
+    JSON `{"hub_id", "revision", "method", "register_as_parent"}` names a hub model instead.
     """
-    if body.is_json:
-        refuse_hub_request(validate_body(HubDetectRequest, body.json).hub_id, "child")
-    fields = body.form(DetectUpload)
+    fields = validate_body(HubDetectRequest, body.json) if body.is_json else body.form(DetectUpload)
     # Checked before anything is stored: a typo must not leave a model behind.
     if fields.method not in method_names():
         raise UnknownMethod(
             f"unknown method {fields.method!r}; choose one of: {', '.join(method_names())}"
         )
-    folder, loaded, fresh = body.store(settings)
-    name = fields.name or f"upload-{loaded.sha256[:12]}"
+    hub_id = revision = None
+    if body.is_json:
+        hub, folder, loaded, fresh = store_hub_model(
+            settings.storage_dir, fields.hub_id, fields.revision, settings
+        )
+        name, hub_id, revision = hub.hub_id, hub.hub_id, hub.revision
+    else:
+        folder, loaded, fresh = body.store(settings)
+        name = fields.name or f"upload-{loaded.sha256[:12]}"
     # Not a candidate yet: the job makes it one after detection when register_as_parent, so it is
     # never scored against itself or offered as a parent before its own lineage is known.
-    child, created = register_stored(session, loaded, folder, fresh, name, candidate=False)
+    child, created = register_stored(
+        session, loaded, folder, fresh, name, candidate=False, hub_id=hub_id, revision=revision
+    )
     job = service.create_job(
         session, child, {"method": fields.method, "register_as_parent": fields.register_as_parent}
     )

@@ -14,7 +14,6 @@ from app.api.deps import (
     model_request_body,
     validate_body,
 )
-from app.api.errors import refuse_hub_request
 from app.lineage.repository import LineageRepository
 from app.registry import service
 from app.registry.schemas import (
@@ -24,6 +23,7 @@ from app.registry.schemas import (
     ParentUpload,
     RegisteredModel,
 )
+from app.registry.storage import store_hub_model
 
 router = APIRouter(tags=["catalog"])
 
@@ -55,16 +55,30 @@ def register_parent(
 
     Multipart: `name` and the model's `files`. The weights are validated (safetensors only, the
     shapes against config.json) before anything is stored. The same weights twice answer 200
-    with the existing record instead of a duplicate. JSON `{"hub_id", "revision"}` is the shape
-    for hub models, not supported yet (400 `hub_unsupported`).
+    with the existing record instead of a duplicate. JSON `{"hub_id", "revision"}` registers a
+    Hugging Face hub model under its hub ID, pinned to the commit the revision resolves to.
     """
     if body.is_json:
-        refuse_hub_request(validate_body(HubModelRequest, body.json).hub_id, "model")
-    fields = body.form(ParentUpload)
-    folder, loaded, fresh = body.store(settings)
-    record, created = service.register_stored(
-        session, loaded, folder, fresh, fields.name, candidate=True
-    )
+        request = validate_body(HubModelRequest, body.json)
+        hub, folder, loaded, fresh = store_hub_model(
+            settings.storage_dir, request.hub_id, request.revision, settings
+        )
+        record, created = service.register_stored(
+            session,
+            loaded,
+            folder,
+            fresh,
+            hub.hub_id,
+            candidate=True,
+            hub_id=hub.hub_id,
+            revision=hub.revision,
+        )
+    else:
+        fields = body.form(ParentUpload)
+        folder, loaded, fresh = body.store(settings)
+        record, created = service.register_stored(
+            session, loaded, folder, fresh, fields.name, candidate=True
+        )
     if created:
         metrics.models_registered.labels("parent").inc()
     else:

@@ -79,12 +79,16 @@ def register_stored(
     name: str,
     *,
     candidate: bool,
+    hub_id: str | None = None,
+    revision: str | None = None,
 ) -> tuple[Model, bool]:
     """``register`` for weights just stored by ``storage.commit_staged``: when the record is
     refused (the name is taken), weights this upload stored are removed again, so a refused
     upload leaves no files behind."""
     try:
-        return register(session, loaded, folder, name, candidate=candidate)
+        return register(
+            session, loaded, folder, name, candidate=candidate, hub_id=hub_id, revision=revision
+        )
     except NameTaken:
         if fresh:
             shutil.rmtree(folder, ignore_errors=True)

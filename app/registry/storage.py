@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Iterable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import BinaryIO
 
@@ -66,6 +67,37 @@ def stage_upload(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return staging
+
+
+def stage_folder(storage_dir: Path, source: Path, max_bytes: int) -> Path:
+    """Stage the model files of a local folder (a hub snapshot) as if they were uploaded."""
+    paths = [p for p in sorted(source.iterdir()) if p.is_file() and _is_model_file(p.name)]
+    with ExitStack() as stack:
+        files = [(p.name, stack.enter_context(open(p, "rb"))) for p in paths]
+        return stage_upload(storage_dir, files, max_bytes)
+
+
+def store_hub_model(storage_dir: Path, hub_id: str, revision: str | None, settings_like) -> tuple:
+    """Resolve a hub model, stage its files and store them: (hub model, folder, loaded, fresh).
+
+    ``settings_like`` carries ``max_model_bytes``, ``hf_hub_cache`` and ``hf_hub_offline``.
+    """
+    from app.hub.resolve import resolve
+
+    hub = resolve(
+        hub_id,
+        revision,
+        max_bytes=settings_like.max_model_bytes,
+        cache_dir=settings_like.hf_hub_cache,
+        offline=settings_like.hf_hub_offline or None,
+    )
+    staging = stage_folder(storage_dir, hub.folder, settings_like.max_model_bytes)
+    folder, loaded, fresh = commit_staged(storage_dir, staging, settings_like.max_model_bytes)
+    return hub, folder, loaded, fresh
+
+
+def _is_model_file(name: str) -> bool:
+    return name in ACCEPTED_NAMES or name.endswith(ACCEPTED_SUFFIXES)
 
 
 def commit_staged(

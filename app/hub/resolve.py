@@ -1,0 +1,129 @@
+"""Hub IDs to files: ``org/name[@revision]`` → a pinned commit and a local folder.
+
+Only what the engine reads is ever downloaded: safetensors weights (single or sharded, with
+their index), ``config.json``, ``README.md`` and ``adapter_config.json``; pickle files never. The
+size of the weights is checked against the limit before anything is fetched. ``huggingface_hub``
+honours ``HF_TOKEN``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and the cache location
+(``HF_HUB_CACHE``/``HF_HOME``); offline, a model is served from the cache or refused clearly.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.engine.errors import LineageError, ModelTooLarge
+
+WANTED = [
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "config.json",
+    "README.md",
+    "adapter_config.json",
+]
+# org/name (or a legacy bare name such as gpt2), optionally @revision.
+HUB_REFERENCE = re.compile(
+    r"^(?P<repo>(?:[A-Za-z0-9][\w.-]*/)?[\w.-]+)(?:@(?P<revision>[\w./-]+))?$"
+)
+
+
+class HubError(LineageError):
+    """A hub model that cannot be had: unknown, gated, no safetensors, offline without cache."""
+
+    code = "hub_error"
+
+
+class UnknownHubModel(HubError):
+    code = "hub_unknown_model"
+
+
+class GatedHubModel(HubError):
+    code = "hub_gated"
+
+
+class HubOffline(HubError):
+    code = "hub_offline"
+
+
+class NoSafetensors(HubError):
+    code = "hub_no_safetensors"
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """A resolved hub model: its ID, the commit it was pinned to, and the local files."""
+
+    hub_id: str
+    revision: str
+    folder: Path
+
+
+def parse_reference(reference: str, revision: str | None = None) -> tuple[str, str]:
+    """(repo id, revision) from ``org/name[@revision]``; ``InvalidHubId`` when malformed."""
+    match = HUB_REFERENCE.match(reference.strip())
+    if match is None:
+        raise HubError(f"{reference!r} is not a hub ID (expected org/name or org/name@revision)")
+    return match["repo"], revision or match["revision"] or "main"
+
+
+def looks_like_hub_id(text: str) -> bool:
+    """Whether ``text`` is an ``org/name`` hub ID rather than a path that exists here."""
+    return "/" in text and HUB_REFERENCE.match(text) is not None and not Path(text).exists()
+
+
+def resolve(
+    reference: str,
+    revision: str | None = None,
+    *,
+    max_bytes: int,
+    cache_dir: Path | None = None,
+    offline: bool | None = None,
+) -> HubModel:
+    """Pin ``reference`` to a commit and bring its model files into the cache."""
+    import httpx
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo, revision = parse_reference(reference, revision)
+    offline = constants.HF_HUB_OFFLINE if offline is None else offline
+    try:
+        if not offline:
+            info = HfApi().model_info(repo, revision=revision, files_metadata=True)
+            weights = [s for s in info.siblings or [] if s.rfilename.endswith(".safetensors")]
+            if not weights:
+                raise NoSafetensors(f"{repo}@{revision} has no safetensors weights")
+            total = sum(s.size or 0 for s in weights)
+            if total > max_bytes:
+                raise ModelTooLarge(f"{repo}: weights are {total} bytes, above {max_bytes}")
+            revision = info.sha or revision
+        folder = Path(
+            snapshot_download(
+                repo,
+                revision=revision,
+                allow_patterns=WANTED,
+                cache_dir=cache_dir,
+                local_files_only=offline,
+            )
+        )
+    except GatedRepoError:
+        raise GatedHubModel(
+            f"{repo} is gated: accept its terms on the hub and set HF_TOKEN"
+        ) from None
+    except RepositoryNotFoundError:
+        raise UnknownHubModel(f"no hub model {repo!r} (or it is private: set HF_TOKEN)") from None
+    except RevisionNotFoundError:
+        raise UnknownHubModel(f"{repo} has no revision {revision!r}") from None
+    except (LocalEntryNotFoundError, httpx.TransportError):
+        raise HubOffline(
+            f"{repo}@{revision} is not in the local cache and the hub cannot be reached "
+            "(HF_HUB_OFFLINE is set or there is no network)"
+        ) from None
+    if not any(folder.glob("*.safetensors")):
+        raise NoSafetensors(f"{repo}@{revision} has no safetensors weights in {folder}")
+    return HubModel(repo, folder.name, folder)
