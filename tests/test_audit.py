@@ -123,3 +123,22 @@ def test_audit_of_uploads_and_the_review_queue(service, family, tmp_path):  # no
     ]
     bad = client.get("/audit", params={"verdict": "suspicious"})
     assert bad.status_code == 422 and bad.json()["error"]["code"]
+
+
+def test_each_upload_is_audited_against_its_own_card(service, family, tmp_path):  # noqa: F811
+    """The same weights uploaded again with a card: stored once, but this request's card is
+    what the audit reads, not the first upload's."""
+    client = service.client
+    for i, folder in enumerate(family.parents):
+        client.post("/parents", data={"name": f"org/parent-{i}"}, files=upload(folder))
+    folder = variant(family, tmp_path, 10, None)
+    plain = ["model.safetensors", "config.json"]
+    first = client.post("/detect", data={"name": "org/again"}, files=upload(folder, *plain))
+    assert service.finished_job(first.json()["job_id"])["verdict"] == "undisclosed"
+    (folder / "README.md").write_text("---\nbase_model: org/parent-1\n---\n")
+    second = client.post(
+        "/detect", data={"name": "org/again"}, files=upload(folder, *plain, "README.md")
+    )
+    job = service.finished_job(second.json()["job_id"])
+    assert job["child"] == "org/again"  # the same record
+    assert job["verdict"] == "consistent", job["result"]["audit"]

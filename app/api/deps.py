@@ -29,6 +29,7 @@ from app.core.config import Settings
 from app.detection.dispatch import Dispatcher
 from app.engine.errors import ModelTooLarge
 from app.engine.model_files import LoadedModel
+from app.hub.declared import DeclaredParent, declared_parents
 from app.registry.storage import commit_staged, stage_upload
 
 FILES_FIELD = "files"
@@ -116,16 +117,20 @@ class ModelRequest:
             raise RequestValidationError(errors)
         return parsed
 
-    def store(self, settings: Settings) -> tuple[Path, LoadedModel, bool]:
+    def store(self, settings: Settings) -> tuple[Path, LoadedModel, bool, list[DeclaredParent]]:
         """Stream the files into storage, validate them as one model, and move them to their
-        content address: (folder, loaded model, whether newly stored). Nothing is left behind
-        when they are refused."""
+        content address: (folder, loaded model, whether newly stored, the parents this upload's
+        own files declare). Nothing is left behind when they are refused."""
         staging = stage_upload(
             settings.storage_dir,
             [(upload.filename, upload.file) for upload in self.files],
             settings.max_model_bytes,
         )
-        return commit_staged(settings.storage_dir, staging, settings.max_model_bytes)
+        # Read before storing: weights already stored keep their first files, but this upload's
+        # model card is what this request declares.
+        declared = declared_parents(staging)
+        stored = commit_staged(settings.storage_dir, staging, settings.max_model_bytes)
+        return (*stored, declared)
 
 
 def limited_body(request: Request, max_model_bytes: int) -> Request:

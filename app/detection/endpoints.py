@@ -30,6 +30,7 @@ from app.detection.schemas import (
 )
 from app.engine.errors import UnknownMethod
 from app.engine.methods import method_names
+from app.hub.declared import declared_parents
 from app.registry.models import Model
 from app.registry.service import register_stored
 from app.registry.storage import store_hub_model
@@ -80,8 +81,9 @@ def detect(
             settings.storage_dir, fields.hub_id, fields.revision, settings
         )
         name, hub_id, revision = hub.hub_id, hub.hub_id, hub.revision
+        declared = declared_parents(hub.folder)
     else:
-        folder, loaded, fresh = body.store(settings)
+        folder, loaded, fresh, declared = body.store(settings)
         name = fields.name or f"upload-{loaded.sha256[:12]}"
     # Not a candidate yet: the job makes it one after detection when register_as_parent, so it is
     # never scored against itself or offered as a parent before its own lineage is known.
@@ -89,7 +91,13 @@ def detect(
         session, loaded, folder, fresh, name, candidate=False, hub_id=hub_id, revision=revision
     )
     job = service.create_job(
-        session, child, {"method": fields.method, "register_as_parent": fields.register_as_parent}
+        session,
+        child,
+        {
+            "method": fields.method,
+            "register_as_parent": fields.register_as_parent,
+            "declared": [d.to_dict() for d in declared],
+        },
     )
     # Commit before enqueueing, so a worker never looks for a row that is not there yet.
     session.commit()

@@ -23,7 +23,7 @@ from app.detection.models import Job
 from app.engine.architectures import open_model
 from app.engine.decision import rank_candidates
 from app.engine.errors import LineageError
-from app.hub.declared import declared_parents
+from app.hub.declared import DeclaredParent, declared_parents
 from app.lineage.errors import CycleRefused, SelfEdge
 from app.lineage.repository import LineageRepository
 from app.registry.models import Model
@@ -133,7 +133,10 @@ def run_job(factory: sessionmaker[Session], job_id: str, *, device: str = "cpu")
             else f"detection crashed: {type(exc).__name__}",
         )
         raise
-    declared = declared_parents(Path(child_row[2]))
+    if "declared" in request:  # what the request's own files declared
+        declared = [DeclaredParent(**d) for d in request["declared"]]
+    else:
+        declared = declared_parents(Path(child_row[2]))
     with transaction(factory) as session:
         job = session.get(Job, job_id)
         if job is None or job.status == "succeeded":

@@ -75,7 +75,7 @@ def register_parent(
         )
     else:
         fields = body.form(ParentUpload)
-        folder, loaded, fresh = body.store(settings)
+        folder, loaded, fresh, _ = body.store(settings)
         record, created = service.register_stored(
             session, loaded, folder, fresh, fields.name, candidate=True
         )
