@@ -71,20 +71,13 @@ def _format_ranking(ranking) -> str:
 def _local(source: str) -> str:
     """A model argument as a local path: hub IDs (``org/name[@revision]``) are resolved through
     the Hugging Face cache (``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``, ``HF_TOKEN``), paths pass."""
-    from app.hub.resolve import looks_like_hub_id, resolve
+    from app.hub.resolve import looks_like_hub_id, resolve_with_settings
 
     if not looks_like_hub_id(source):
         return source
     from app.core.config import get_settings
 
-    settings = get_settings()
-    hub = resolve(
-        source,
-        max_bytes=settings.max_model_bytes,
-        cache_dir=settings.hf_hub_cache,
-        offline=settings.hf_hub_offline or None,
-    )
-    return str(hub.folder)
+    return str(resolve_with_settings(get_settings(), source).folder)
 
 
 @cli.command(

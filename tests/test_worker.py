@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from app.engine.model_files import save_model
 from app.engine.training import digits_task, initial_state, train
 from app.lineage.models import Edge
 from app.registry.service import register
-from app.registry.storage import commit_staged, stage_upload
+from app.registry.storage import commit_staged, stage_folder
 from tests.services import postgres_database
 
 REDIS = os.environ.get("LINEAGE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -52,9 +51,7 @@ def train_family(out: Path, config: dict, parents: int, steps: int) -> dict[str,
 
 
 def add_model(factory, storage: Path, folder: Path, name: str, candidate: bool):
-    with ExitStack() as stack:
-        files = [(p.name, stack.enter_context(open(p, "rb"))) for p in sorted(folder.iterdir())]
-        staged = stage_upload(storage, files, 2**30)
+    staged = stage_folder(storage, folder, 2**30)
     final, loaded, _ = commit_staged(storage, staged, 2**30)
     with transaction(factory) as session:
         record, _ = register(session, loaded, final, name, candidate=candidate)

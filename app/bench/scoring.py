@@ -14,8 +14,6 @@ from app.engine.calibration import taylor_alpha
 from app.engine.decision import as_distance, combine_auto
 from app.engine.methods import AUTO, METHODS
 
-POSITIVE = "positive"  # queries whose true answer is among the candidates
-
 
 def scores(query: dict, method: str, calibration: dict, alpha: float | None = None) -> list[float]:
     """Per-candidate scores of ``method`` (higher = more likely the parent) for one query."""

@@ -328,7 +328,7 @@ class _Builder:
                 2,
                 r.distill,
                 start=initial_state(self.config, self.seed * 10_000 + 5000 + i),
-                data=self.models[parent]["data"] | {},
+                data=dict(self.models[parent]["data"]),
                 regulariser=distill,
             )
             permutation_seed = self.seed * 10_000 + 7000 + i

@@ -50,10 +50,6 @@ class InProcessDispatcher:
     def enqueue(self, job_id: str) -> None:
         self._queue.put(job_id)
 
-    def idle(self) -> bool:
-        """Whether every enqueued job has been run (tests and the demo wait on this)."""
-        return self._queue.unfinished_tasks == 0
-
     def join(self) -> None:
         """Block until every enqueued job has been run."""
         self._queue.join()

@@ -77,9 +77,7 @@ def detect(
         )
     hub_id = revision = None
     if body.is_json:
-        hub, folder, loaded, fresh = store_hub_model(
-            settings.storage_dir, fields.hub_id, fields.revision, settings
-        )
+        hub, folder, loaded, fresh = store_hub_model(settings, fields.hub_id, fields.revision)
         name, hub_id, revision = hub.hub_id, hub.hub_id, hub.revision
         declared = declared_parents(hub.folder)
     else:

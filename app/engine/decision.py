@@ -214,8 +214,10 @@ def rank_candidates(
     if not kept:
         reasons = "; ".join(f"{s.parent}: {s.reason}" for s in skipped)
         raise IncompatibleModels(f"no candidate can be compared with {child.name} ({reasons})")
+    relative = None  # with one candidate, auto's margin is its relative weight distance
     if method == AUTO:
         nearest = min(weightspace.relative_l2_distance(p, child) for p, _ in kept)
+        relative = nearest if len(kept) == 1 else None
         outward = None
         if DIRECTION in calibration["auto"]["noise"] and len(kept) > 2:
             outward = weightspace.outward_log_ratios([p for p, _ in kept], child)
@@ -223,11 +225,6 @@ def rank_candidates(
     else:
         combined = [s[components[0]] for _, s in kept]
     names = [p.name for p, _ in kept]
-    relative = (
-        weightspace.relative_l2_distance(kept[0][0], child)
-        if len(kept) == 1 and method == AUTO
-        else None
-    )
     decision = decide(names, combined, method, calibration, relative)
     candidates = [
         CandidateScore(p.name, score, scores)

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from app.hub.resolve import is_hub_id
+
 log = logging.getLogger(__name__)
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 RELATIONS = ("adapter", "merge", "quantized", "finetune")
 
 
@@ -70,7 +70,7 @@ def declared_parents(folder: Path) -> list[DeclaredParent]:
     if isinstance(adapter, str) and adapter.strip():
         found.append(DeclaredParent(adapter.strip(), "adapter", "adapter_config"))
     origin = _read_json(folder / "config.json").get("_name_or_path")
-    if isinstance(origin, str) and HUB_ID.match(origin.strip()):
+    if isinstance(origin, str) and is_hub_id(origin.strip()):
         found.append(DeclaredParent(origin.strip(), "finetune", "config"))
     unique: dict[str, DeclaredParent] = {}
     for parent in found:

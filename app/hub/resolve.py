@@ -67,6 +67,12 @@ def parse_reference(reference: str, revision: str | None = None) -> tuple[str, s
     return match["repo"], revision or match["revision"] or "main"
 
 
+def is_hub_id(text: str) -> bool:
+    """Whether ``text`` is written as an ``org/name`` hub ID (no revision)."""
+    match = HUB_REFERENCE.match(text)
+    return "/" in text and match is not None and match["revision"] is None
+
+
 def looks_like_hub_id(text: str) -> bool:
     """Whether ``text`` is an ``org/name`` hub ID rather than a path that exists here."""
     return "/" in text and HUB_REFERENCE.match(text) is not None and not Path(text).exists()
@@ -127,3 +133,15 @@ def resolve(
     if not any(folder.glob("*.safetensors")):
         raise NoSafetensors(f"{repo}@{revision} has no safetensors weights in {folder}")
     return HubModel(repo, folder.name, folder)
+
+
+def resolve_with_settings(settings, reference: str, revision: str | None = None) -> HubModel:
+    """``resolve`` with the service's settings (``max_model_bytes``, ``hf_hub_cache``,
+    ``hf_hub_offline``; offline unset defers to ``HF_HUB_OFFLINE``)."""
+    return resolve(
+        reference,
+        revision,
+        max_bytes=settings.max_model_bytes,
+        cache_dir=settings.hf_hub_cache,
+        offline=settings.hf_hub_offline or None,
+    )

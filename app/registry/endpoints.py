@@ -60,9 +60,7 @@ def register_parent(
     """
     if body.is_json:
         request = validate_body(HubModelRequest, body.json)
-        hub, folder, loaded, fresh = store_hub_model(
-            settings.storage_dir, request.hub_id, request.revision, settings
-        )
+        hub, folder, loaded, fresh = store_hub_model(settings, request.hub_id, request.revision)
         record, created = service.register_stored(
             session,
             loaded,

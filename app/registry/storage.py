@@ -77,22 +77,14 @@ def stage_folder(storage_dir: Path, source: Path, max_bytes: int) -> Path:
         return stage_upload(storage_dir, files, max_bytes)
 
 
-def store_hub_model(storage_dir: Path, hub_id: str, revision: str | None, settings_like) -> tuple:
-    """Resolve a hub model, stage its files and store them: (hub model, folder, loaded, fresh).
+def store_hub_model(settings, hub_id: str, revision: str | None) -> tuple:
+    """Resolve a hub model, stage its files and store them under ``settings.storage_dir``:
+    (hub model, folder, loaded, fresh)."""
+    from app.hub.resolve import resolve_with_settings
 
-    ``settings_like`` carries ``max_model_bytes``, ``hf_hub_cache`` and ``hf_hub_offline``.
-    """
-    from app.hub.resolve import resolve
-
-    hub = resolve(
-        hub_id,
-        revision,
-        max_bytes=settings_like.max_model_bytes,
-        cache_dir=settings_like.hf_hub_cache,
-        offline=settings_like.hf_hub_offline or None,
-    )
-    staging = stage_folder(storage_dir, hub.folder, settings_like.max_model_bytes)
-    folder, loaded, fresh = commit_staged(storage_dir, staging, settings_like.max_model_bytes)
+    hub = resolve_with_settings(settings, hub_id, revision)
+    staging = stage_folder(settings.storage_dir, hub.folder, settings.max_model_bytes)
+    folder, loaded, fresh = commit_staged(settings.storage_dir, staging, settings.max_model_bytes)
     return hub, folder, loaded, fresh
 
 
