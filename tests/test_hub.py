@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.bench.adapters import train_lora
 from app.core.db import migrate
 from app.engine.architectures import build_network, model_state, open_model
 from app.engine.model_files import save_model
@@ -140,3 +141,39 @@ def test_the_cli_detects_by_hub_id_offline(hub_cache, tmp_path):
         timeout=120,
     )
     assert missing.returncode == 2 and missing.stderr.startswith("error: org/absent")
+
+
+def test_a_lora_adapter_of_minilm_is_attributed_to_it(hub_cache, tmp_path):
+    """An adapter made with peft on the real MiniLM, uploaded as its two files, is merged onto
+    each candidate; MiniLM is named and the adapter's declared base agrees."""
+    cache, commit = hub_cache
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    migrate(url)
+    service = start_service(url, tmp_path / "storage", hf_hub_cache=cache)
+    snapshot = cache / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots" / commit
+    minilm = open_model(snapshot)
+    network = build_network(minilm.config)
+    state, _ = model_state(network, minilm)
+    tokens = torch.randint(0, 1000, (64, 16), generator=torch.Generator().manual_seed(0))
+    adapter = train_lora(
+        network, state, tokens, None, tmp_path / "adapter", steps=8, base_name=MINILM
+    )
+    with service.client as client:
+        assert client.post("/parents", json={"hub_id": MINILM}).status_code == 201
+        decoy_config = json.loads((_minilm_files() / "config.json").read_text())
+        decoy = save_model(tmp_path / "decoy", initial_state(decoy_config, 7), decoy_config)
+        files = upload(decoy)
+        assert client.post("/parents", data={"name": "org/decoy"}, files=files).status_code == 201
+        names = ["adapter_config.json", "adapter_model.safetensors"]
+        job_id = client.post(
+            "/detect", data={"name": "org/adapter"}, files=upload(adapter, *names)
+        ).json()["job_id"]
+        job = service.finished_job(job_id)
+        assert job["status"] == "succeeded", job
+        result = job["result"]
+        assert result["decision"]["parent"] == MINILM
+        assert result["decision"]["method"] == "adapter-alignment"
+        scores = {c["parent"]: c["score"] for c in result["candidates"]}
+        assert scores[MINILM] > 3.0 > scores["org/decoy"]
+        assert result["audit"]["verdict"] == "consistent"
+    service.engine.dispose()

@@ -27,12 +27,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from app.engine import weightspace
+from app.engine import adapters, weightspace
 from app.engine.calibration import load_calibration
-from app.engine.errors import IncompatibleModels, InvalidArgument
-from app.engine.methods import AUTO, PairContext, get_method
+from app.engine.errors import IncompatibleModels, InvalidArgument, InvalidConfig, ShapeMismatch
+from app.engine.methods import AUTO, PairContext, get_method, network_for
 from app.engine.model_files import LoadedModel
-from app.engine.probes import DEFAULT_NUM_PROBES, DEFAULT_PROBE_SEED
+from app.engine.probes import DEFAULT_NUM_PROBES, DEFAULT_PROBE_SEED, probe_inputs
 
 
 @dataclass
@@ -187,6 +187,11 @@ def rank_candidates(
     """
     if not parents:
         raise InvalidArgument("no candidate parents given")
+    if adapters.is_adapter(child):
+        adapters.check_adapter_method(method, AUTO)
+        return rank_adapter(
+            child, parents, device=device, num_probes=num_probes, probe_seed=probe_seed
+        )
     calibration = calibration or load_calibration()
     if method == AUTO:
         components = [m for m in calibration["auto"]["noise"] if m != DIRECTION]
@@ -230,4 +235,52 @@ def rank_candidates(
         CandidateScore(p.name, score, scores)
         for (p, scores), score in sorted(zip(kept, combined, strict=True), key=lambda t: -t[1])
     ]
+    return Ranking(child.name, decision, candidates, skipped)
+
+
+def rank_adapter(
+    child: LoadedModel,
+    parents: list[LoadedModel],
+    *,
+    device: torch.device | str = "cpu",
+    num_probes: int = DEFAULT_NUM_PROBES,
+    probe_seed: int = DEFAULT_PROBE_SEED,
+) -> Ranking:
+    """Rank candidate bases of a LoRA adapter by alignment (see ``app.engine.adapters``).
+
+    The adapter is merged onto every candidate it fits; the others are skipped with the reason.
+    The best is named when its alignment clears ``adapters.THRESHOLD``; confidence is
+    sigmoid((best − runner-up) / SCALE), or sigmoid of the shortfall for "no parent".
+    """
+    adapter = adapters.read_adapter(child)
+    kept: list[tuple[LoadedModel, float]] = []
+    skipped: list[Skipped] = []
+    for parent in parents:
+        try:
+            network = network_for(parent.config, device)
+            base_state, delta = adapters.merged_delta(network, parent, adapter, device)
+            probes = probe_inputs(network, num_probes, probe_seed, device)
+            kept.append((parent, adapters.alignment(network, base_state, delta, probes)))
+        except (IncompatibleModels, InvalidConfig, ShapeMismatch) as exc:
+            skipped.append(Skipped(parent.name, exc.message))
+    if not kept:
+        reasons = "; ".join(f"{s.parent}: {s.reason}" for s in skipped)
+        raise IncompatibleModels(f"the adapter {child.name} fits no candidate ({reasons})")
+    kept.sort(key=lambda t: -t[1])
+    best_name, best = kept[0]
+    runner_up = kept[1][1] if len(kept) > 1 else 0.0
+    margin = best - max(runner_up, 0.0)
+    if best >= adapters.THRESHOLD:
+        decision = Decision(
+            best_name.name,
+            _sigmoid(margin / adapters.SCALE),
+            adapters.METHOD,
+            best_name.name,
+            margin,
+            False,
+        )
+    else:
+        confidence = _sigmoid((adapters.THRESHOLD - best) / adapters.SCALE)
+        decision = Decision(None, confidence, adapters.METHOD, best_name.name, margin, False)
+    candidates = [CandidateScore(p.name, score, {adapters.METHOD: score}) for p, score in kept]
     return Ranking(child.name, decision, candidates, skipped)
