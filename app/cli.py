@@ -149,6 +149,10 @@ def methods() -> None:
     typer.echo(
         f"{AUTO:<16} combined   weight-space + function-space evidence, calibrated (default)"
     )
+    typer.echo(f"{'detector':<16} {'trained':<10} the Lineage Detector (ours), shipped per family")
+    typer.echo(
+        f"{'detector-paper':<16} {'trained':<10} the paper's Lineage Detector, shipped per family"
+    )
     for method in METHODS.values():
         typer.echo(f"{method.name:<16} {method.kind:<10} {method.description}")
 
@@ -301,6 +305,15 @@ def bench(
     calibration_out: Path = typer.Option(
         None, help="Where --calibrate writes (default: the engine's calibration.json)."
     ),
+    detector_epochs: int = typer.Option(
+        None, help="Epochs of detector training with --calibrate (default: the shipped ones')."
+    ),
+    detectors: Path = typer.Option(
+        None,
+        "--detectors",
+        help="Folder of detector checkpoints: read, and with --calibrate trained into "
+        "(default: the shipped app/engine/detectors).",
+    ),
     device: str = typer.Option("cpu", help="auto, cpu, cuda or cuda:N."),
     probes: int = typer.Option(64, help="Number of probe inputs N."),
     reuse_scores: bool = typer.Option(
@@ -313,11 +326,14 @@ def bench(
 ) -> None:
     """Score every method on every split of the zoos; print (and write) the benchmark report."""
     from app.bench.run import default_calibration_path, run_bench
+    from app.engine.detector_inputs import CHECKPOINT_DIR
 
     if zoo.exists() and not zoo.is_dir():
         _fail(f"{zoo} is not a folder")
     if probes < 2:
         _fail("--probes must be at least 2")
+    if detector_epochs is not None and detector_epochs < 1:
+        _fail("--detector-epochs must be at least 1")
     command = "lineage bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "lineage bench"
     try:
         torch_device = _device(device)
@@ -330,6 +346,8 @@ def bench(
             methods=_split_names(methods),
             out=out,
             calibrate_into=target,
+            detectors_into=detectors or CHECKPOINT_DIR,
+            detector_epochs=detector_epochs,
             device=str(torch_device),
             probes=probes,
             reuse=reuse_scores,
@@ -342,6 +360,81 @@ def bench(
     except OSError as exc:
         _fail(f"cannot write {exc.filename or 'a file'}: {exc.strerror or exc}")
     typer.echo(report if out is None else f"report written to {out}")
+
+
+@cli.command("train-detector")
+def train_detector_command(
+    zoos: list[Path] = typer.Argument(
+        ..., help="Zoo folders of one family (`lineage zoo build`); the last is held out."
+    ),
+    out: Path = typer.Option(..., "--out", help="Checkpoint to write (.safetensors)."),
+    variant: str = typer.Option("ours", help="ours or paper."),
+    seed: int = typer.Option(0, help="Seed of the splits, the initialisation and the batches."),
+    device: str = typer.Option("cpu", help="auto, cpu, cuda or cuda:N."),
+    probes: int = typer.Option(64, help="Number of probe inputs N."),
+    evaluate: bool = typer.Option(
+        True, "--evaluate/--no-evaluate", help="Measure held-out child and parent splits first."
+    ),
+    epochs: int = typer.Option(None, help="Training epochs (default: 20)."),
+    quiet: bool = typer.Option(False, "--quiet", help="Do not print progress."),
+) -> None:
+    """Train the Lineage Detector on zoos; report seen- and unseen-parent accuracy; save it.
+
+    Usage: lineage train-detector ZOO [ZOO ...] --out PATH [--variant ours|paper]
+    """
+    from app.bench.detector import train_on_zoos
+    from app.engine.detector import VARIANTS
+
+    if variant not in VARIANTS:
+        _fail(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if epochs is not None and epochs < 1:
+        _fail("--epochs must be at least 1")
+    missing = [z for z in zoos if not (z / "manifest.json").is_file()]
+    if missing:
+        _fail(f"{missing[0]} is not a zoo (no manifest.json); build one with `lineage zoo build`")
+    if out.suffix != ".safetensors":
+        _fail(f"--out {out}: a detector checkpoint is a .safetensors file")
+    if probes < 2:
+        _fail("--probes must be at least 2")
+    try:
+        record = train_on_zoos(
+            list(zoos),
+            out,
+            variant=variant,
+            seed=seed,
+            device=_device(device),
+            num_probes=probes,
+            evaluate=evaluate,
+            epochs=epochs,
+            log=(lambda _: None) if quiet else _progress,
+        )
+    except LineageError as exc:
+        _fail(exc.message)
+    except OSError as exc:
+        _fail(f"cannot write {exc.filename or 'a file'}: {exc.strerror or exc}")
+    typer.echo(format_record(record))
+    typer.echo(f"checkpoint written to {out}")
+
+
+def format_record(record: dict) -> str:
+    """The evaluation of a detector training run as a small table."""
+
+    def pct(value) -> str:
+        return "–" if value is None else f"{100 * value:.1f}"
+
+    lines = [
+        f"{record['variant']} detector, {record['family']}: {record['examples']} examples "
+        f"from {len(record['trained_on'])} zoo(s), {record['seconds']} s",
+        f"{'held out':<32} {'queries':>7} {'top-1 %':>8} {'exact %':>8} "
+        f"{'none P %':>9} {'none R %':>9}",
+    ]
+    for name, result in record["evaluation"].items():
+        lines.append(
+            f"{name:<32} {result['queries']:>7} {pct(result['top1']):>8} "
+            f"{pct(result['accuracy']):>8} {pct(result['none_precision']):>9} "
+            f"{pct(result['none_recall']):>9}"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:

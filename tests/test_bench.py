@@ -30,7 +30,8 @@ from app.bench.zoo import SPLITS
 from app.engine.architectures import open_model
 from app.engine.calibration import load_calibration
 from app.engine.decision import rank_candidates
-from app.engine.methods import AUTO, METHODS
+from app.engine.detector import load_checkpoint
+from app.engine.methods import AUTO, DETECTOR_METHODS, METHODS
 from app.engine.metrics import SIMILARITY_GRADIENTS
 from tests.conftest import run_cli
 
@@ -73,12 +74,17 @@ def bench_run(tmp_path_factory) -> dict[str, Path]:
         "root": folder / "root",
         "calibration": folder / "cal.json",
         "report": folder / "report.md",
+        "detectors": folder / "detectors",
     }
     result = tiny_bench(
         paths["root"],
         "--calibrate",
         "--calibration-out",
         str(paths["calibration"]),
+        "--detectors",
+        str(paths["detectors"]),
+        "--detector-epochs",
+        "2",
         "--out",
         str(paths["report"]),
     )
@@ -106,7 +112,7 @@ def test_bench_writes_report_plot_calibration_and_results(bench_run):
     table = _table_rows(report)
     for split in SPLITS:
         assert split in table["method"], f"no column for {split}"
-    for method in [AUTO, *METHODS]:
+    for method in [AUTO, *DETECTOR_METHODS, *METHODS]:
         assert method in table, f"no row for {method}"
         assert len(table[method]) == len(table["method"]), method
     assert NOTES_MARKER in report
@@ -132,6 +138,21 @@ def test_bench_writes_report_plot_calibration_and_results(bench_run):
         assert results["family"] == "mlp" and results["seed"] == seed
         assert set(results["splits"]) == set(SPLITS)
         assert set(METHODS) <= set(results["methods"])
+    # The detectors are trained on the calibration zoos and scored on the reported one only.
+    reported = json.loads((bench_run["root"] / "mlp-seed0" / "results.json").read_text())
+    assert set(DETECTOR_METHODS) <= set(reported["methods"])
+    query = reported["splits"]["standard"][0]
+    assert len(query["scores"]["detector"]) == len(query["candidates"])
+    assert math.isfinite(query["none_score"]["detector-paper"])
+    for variant in ("ours", "paper"):
+        _, record = load_checkpoint(bench_run["detectors"] / f"lineage-mlp-{variant}.safetensors")
+        assert record["variant"] == variant
+        assert [z["seed"] for z in record["trained_on"]] == list(CALIBRATION_SEEDS)
+        assert set(record["evaluation"]) == {
+            "child split (seen parents)",
+            "parent split (unseen parents)",
+        }
+    assert "## The trained Lineage Detector" in report
 
 
 def test_rerun_reuses_scores_and_keeps_the_hand_written_notes(bench_run):
@@ -140,7 +161,14 @@ def test_rerun_reuses_scores_and_keeps_the_hand_written_notes(bench_run):
     scored = results.read_bytes()
     note = "A hand-written reading that regeneration must keep."
     report.write_text(report.read_text() + note + "\n")
-    result = tiny_bench(bench_run["root"], "--reuse-scores", "--out", str(report))
+    result = tiny_bench(
+        bench_run["root"],
+        "--reuse-scores",
+        "--out",
+        str(report),
+        "--detectors",
+        str(bench_run["detectors"]),
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     regenerated = report.read_text()
@@ -181,6 +209,7 @@ def test_bench_judges_auto_as_the_engine_does(bench_run, which):
             AUTO,
             num_probes=results["num_probes"],
             calibration=calibration,
+            detector_dir=bench_run["detectors"] if which == "fitted" else None,
         )
         assert ranking.skipped == []
         engine = {c.parent: c.score for c in ranking.candidates}
@@ -190,9 +219,7 @@ def test_bench_judges_auto_as_the_engine_does(bench_run, which):
         judged = scoring.judged(query, AUTO, calibration)
         assert judged["top1"] == ranking.candidates[0].parent
         assert judged["margin"] == pytest.approx(ranking.decision.margin, rel=1e-6, abs=1e-6)
-        assert scoring.names_none(AUTO, judged["margin"], calibration) == (
-            ranking.decision.parent is None
-        )
+        assert judged["none"] == (ranking.decision.parent is None)
 
 
 # --- calibration on synthetic scores --------------------------------------------------------

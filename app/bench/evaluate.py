@@ -28,7 +28,8 @@ from app.bench.zoo import read_manifest
 from app.engine import weightspace
 from app.engine.architectures import open_model
 from app.engine.decision import rank_candidates
-from app.engine.methods import AUTO, METHODS, PairContext, network_for
+from app.engine.detector_inputs import VARIANT_OF, detector_logits, load_detector
+from app.engine.methods import AUTO, DETECTOR_METHODS, METHODS, PairContext, network_for
 from app.engine.metrics import SIMILARITY_GRADIENTS
 from app.engine.model_files import LoadedModel
 from app.engine.probes import DEFAULT_NUM_PROBES
@@ -89,24 +90,36 @@ def _score_query(
     methods: list[str],
     device: torch.device,
     num_probes: int,
+    detector_dir: Path | None = None,
 ) -> dict:
     child = model(query["child"])
+    registry = [m for m in methods if m in METHODS]
     scores: dict[str, list[float]] = {m: [] for m in methods}
     taylor: dict[str, list[list[float]]] = {s: [] for s in SIMILARITY_GRADIENTS}
     relative = []
-    wants_taylor = any(METHODS[m].kind == "taylor" for m in methods)
+    wants_taylor = any(METHODS[m].kind == "taylor" for m in registry)
+    contexts = []
     for name in query["candidates"]:
         ctx = PairContext(model(name), child, device, num_probes)
-        for method in methods:
+        contexts.append(ctx)
+        for method in registry:
             scores[method].append(METHODS[method].score(ctx))
         if wants_taylor:
             for sim, (base, correction) in ctx.taylor_terms.items():
                 taylor[sim].append([base, correction])
         relative.append(weightspace.relative_l2_distance(ctx.parent, child))
+    none_score = {}
+    for method in methods:
+        if method in DETECTOR_METHODS:
+            model_type = contexts[0].network.config.get("model_type")
+            detector, _ = load_detector(model_type, VARIANT_OF[method], device, detector_dir)
+            probs = torch.softmax(detector_logits(detector, contexts, device), 0).tolist()
+            scores[method], none_score[method] = probs[:-1], probs[-1]
     record = {k: query[k] for k in query}
     candidates = [model(name) for name in query["candidates"]]
     outward = weightspace.outward_log_ratios(candidates, child) if len(candidates) > 2 else None
-    record.update(scores=scores, relative_l2=relative, outward=outward)
+    record.update(scores=scores, relative_l2=relative, outward=outward, none_score=none_score)
+    record["model_type"] = (child.config or {}).get("model_type")
     if wants_taylor:
         record["taylor"] = taylor
     return record
@@ -119,6 +132,7 @@ def time_methods(
     calibration: dict | None,
     device: torch.device,
     num_probes: int,
+    detector_dir: Path | None = None,
 ) -> dict[str, dict[str, float]]:
     """Seconds and peak extra memory (MB) per pair for each method, cold caches, mean over
     ``pairs``. ``auto`` is timed as the engine runs it on one candidate (all its components;
@@ -141,7 +155,17 @@ def time_methods(
     )
     warm = PairContext(warm_parent, warm_child, device, num_probes)
     for method in methods:
-        METHODS[method].score(warm)
+        if method in DETECTOR_METHODS:
+            rank_candidates(
+                warm_child,
+                [warm_parent],
+                method,
+                device=device,
+                num_probes=num_probes,
+                detector_dir=detector_dir,
+            )
+        else:
+            METHODS[method].score(warm)
     del warm, warm_parent, warm_child
     for method in [AUTO, *methods]:
         seconds, peaks = [], []
@@ -153,14 +177,15 @@ def time_methods(
                 torch.cuda.synchronize(device)
             with PeakMemory(device) as memory:
                 started = time.perf_counter()
-                if method == AUTO:
+                if method == AUTO or method in DETECTOR_METHODS:
                     rank_candidates(
                         child,
                         [parent],
-                        AUTO,
+                        method,
                         device=device,
                         num_probes=num_probes,
                         calibration=calibration,
+                        detector_dir=detector_dir,
                     )
                 else:
                     METHODS[method].score(PairContext(parent, child, device, num_probes))
@@ -186,6 +211,7 @@ def evaluate_zoo(
     device: torch.device | str = "cpu",
     num_probes: int = DEFAULT_NUM_PROBES,
     log: Callable[[str], None] = lambda _: None,
+    detector_dir: Path | None = None,
 ) -> dict:
     """Score every split of the zoo with ``methods`` and time them (and ``auto``); return the
     raw results. ``calibration``: the constants ``auto`` is timed with (default: the engine's)."""
@@ -202,14 +228,16 @@ def evaluate_zoo(
     splits = {}
     for split, queries in manifest["splits"].items():
         split_started = time.perf_counter()
-        splits[split] = [_score_query(q, model, methods, device, num_probes) for q in queries]
+        splits[split] = [
+            _score_query(q, model, methods, device, num_probes, detector_dir) for q in queries
+        ]
         log(
             f"{manifest['family']} seed {manifest['seed']}: {split} "
             f"({len(queries)} queries, {time.perf_counter() - split_started:.1f} s)"
         )
     standard = manifest["splits"]["standard"][:TIMING_PAIRS]
     pairs = [(q["candidates"][0], q["child"]) for q in standard]
-    timings = time_methods(zoo, pairs, methods, calibration, device, num_probes)
+    timings = time_methods(zoo, pairs, methods, calibration, device, num_probes, detector_dir)
     return {
         "family": manifest["family"],
         "seed": manifest["seed"],
@@ -263,6 +291,8 @@ def time_at_scale(
     save_model(folder / "parent", parent, SCALE_CONFIG)
     save_model(folder / "child", child, SCALE_CONFIG)
     pairs = [("parent", "child")]
+    # The detectors are trained per family; the MiniLM-sized pair (BERT) has none.
+    methods = [m for m in methods if m in METHODS]
     timings = time_methods(folder, pairs, methods, calibration, torch.device(device), num_probes)
     parameters = sum(v.numel() for v in parent.values() if v.is_floating_point())
     return {"model": "MiniLM-L6-H384 architecture", "parameters": parameters, "timings": timings}

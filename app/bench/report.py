@@ -15,10 +15,10 @@ from pathlib import Path
 
 from app.bench.calibrate import ALPHA_GRID, ORPHANS
 from app.bench.evaluate import TIMING_PAIRS
-from app.bench.scoring import judged, names_none
+from app.bench.scoring import judged
 from app.bench.zoo import SPLITS
 from app.engine.calibration import taylor_alpha
-from app.engine.methods import AUTO, METHODS
+from app.engine.methods import AUTO, DETECTOR_METHODS, METHODS
 
 NOTES_MARKER = "<!-- reading: hand-written below this line, kept when the file is regenerated -->"
 FAMILY_TITLES = {
@@ -55,8 +55,9 @@ PAPER_OTHER = {
 
 
 def method_rows(methods: list[str]) -> list[str]:
-    """``auto`` first, then the registry's order."""
-    return [AUTO, *[m for m in METHODS if m in methods]]
+    """``auto`` first, then the detectors, then the registry's order."""
+    detectors = [m for m in DETECTOR_METHODS if m in methods]
+    return [AUTO, *detectors, *[m for m in METHODS if m in methods]]
 
 
 def _mean_std(values: list[float]) -> str:
@@ -85,7 +86,7 @@ def summarize(results: list[dict], calibration: dict) -> dict:
                 if not queries:
                     continue
                 answers = [judged(q, method, calibration) for q in queries]
-                none = [names_none(method, a["margin"], calibration) for a in answers]
+                none = [a["none"] for a in answers]
                 if split == ORPHANS:
                     accuracy[family][method][split].append(statistics.fmean(none))
                     tp += sum(none)
@@ -107,7 +108,7 @@ def summarize(results: list[dict], calibration: dict) -> dict:
             if method in result["timings"]:
                 timings[family][method].append(result["timings"][method])
         for method in methods:
-            if method != AUTO and METHODS[method].kind == "taylor":
+            if method in METHODS and METHODS[method].kind == "taylor":
                 for alpha in ALPHA_GRID:
                     cells = [
                         statistics.fmean(
@@ -376,6 +377,49 @@ def _machine(device: str) -> str:
     )
 
 
+def detector_section(records: list[dict]) -> list[str]:
+    """How each shipped detector was trained, and its held-out accuracy on seen and unseen
+    parents within its own training zoos."""
+    if not records:
+        return []
+
+    def pct(value) -> str:
+        return "–" if value is None else f"{100 * value:.0f}"
+
+    rows = []
+    for record in records:
+        for name, result in record["evaluation"].items():
+            rows.append(
+                [
+                    FAMILY_TITLES.get(record["family"], record["family"]),
+                    "`detector`" if record["variant"] == "ours" else "`detector-paper`",
+                    name,
+                    str(result["queries"]),
+                    pct(result["top1"]),
+                    pct(result["accuracy"]),
+                    f"{pct(result['none_precision'])} / {pct(result['none_recall'])}",
+                ]
+            )
+    zoos = ", ".join(z["zoo"] for z in records[0]["trained_on"])
+    return [
+        "## The trained Lineage Detector",
+        "",
+        f"The rows `detector` (ours) and `detector-paper` above use the checkpoints shipped in "
+        f"`app/engine/detectors/`, trained by `lineage train-detector` on the calibration zoos "
+        f"({zoos}, {records[0]['epochs']} epochs): every parent in the tables above is unseen. "
+        "Within those training zoos, `train-detector` first measures two held-out protocols: "
+        "a seeded half of the children held out (the paper's protocol: their parents are "
+        "seen in training) and the last zoo held out (unseen parents). Top-1 counts queries "
+        'with a parent; "exact" also asks the no-parent token to fire on the orphans and only '
+        'there; P / R are the precision and recall of "no parent".',
+        "",
+        *_table(
+            ["family", "detector", "held out", "queries", "top-1", "exact", "none P / R"], rows
+        ),
+        "",
+    ]
+
+
 def render(
     summary: dict,
     results: list[dict],
@@ -386,6 +430,7 @@ def render(
     wall_seconds: float,
     notes: str = "",
     scale: dict | None = None,
+    detector_records: list[dict] | None = None,
 ) -> str:
     """The whole ``docs/benchmarks.md`` (``summary`` is ``summarize(results, calibration)``)."""
     first = results[0]
@@ -432,6 +477,7 @@ def render(
         "",
         *open_set_table(summary),
         "",
+        *detector_section(detector_records or []),
         "## Generations: finding ancestor G_i of G_j, by gap j − i",
         "",
         *gap_table(summary, [AUTO, "l1", "cka", "lin-l1", "taylor-l1", "weight-l2"]),

@@ -13,14 +13,18 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from app.bench.calibrate import AUTO_POOL, CALIBRATION_SEEDS, calibrate
+from app.bench.calibrate import AUTO_POOL, CALIBRATION_SEEDS, ORPHANS, calibrate
+from app.bench.detector import train_on_zoos
 from app.bench.evaluate import evaluate_zoo, time_at_scale
 from app.bench.report import NOTES_MARKER, plot, render, summarize
+from app.bench.scoring import judged
 from app.bench.zoo import CONFIGS, MANIFEST, build_zoo, read_manifest
 from app.engine.calibration import load_calibration
 from app.engine.decision import DIRECTION
+from app.engine.detector import VARIANTS
+from app.engine.detector_inputs import CHECKPOINT_DIR, _shipped, load_detector
 from app.engine.errors import InvalidArgument
-from app.engine.methods import AUTO, METHODS
+from app.engine.methods import AUTO, DETECTOR_METHODS, METHODS
 
 RESULTS = "results.json"
 
@@ -31,17 +35,88 @@ def default_calibration_path() -> Path:
 
 
 def resolve_methods(requested: list[str] | None, calibration: dict, calibrating: bool) -> list[str]:
-    """The registry methods to score: those asked for (default all), plus what ``auto`` needs."""
-    names = [m for m in (requested or list(METHODS)) if m != AUTO]
-    unknown = [m for m in names if m not in METHODS]
+    """The methods to score: those asked for (default all, detectors included), plus what
+    ``auto`` needs; detectors last."""
+    names = [m for m in (requested or [*DETECTOR_METHODS, *METHODS]) if m != AUTO]
+    unknown = [m for m in names if m not in METHODS and m not in DETECTOR_METHODS]
     if unknown:
         raise InvalidArgument(
-            f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS)} (or auto)"
+            f"unknown method {unknown[0]!r}; choose from: "
+            f"{', '.join([*DETECTOR_METHODS, *METHODS])} (or auto)"
         )
     needed = list(AUTO_POOL) if calibrating else list(calibration["auto"]["noise"])
     needed = [m for m in needed if m != DIRECTION]
     wanted = set(names) | set(needed)
-    return [m for m in METHODS if m in wanted]
+    return [m for m in METHODS if m in wanted] + [m for m in DETECTOR_METHODS if m in wanted]
+
+
+def shipped_records(families: list[str], directory: Path | None) -> list[dict]:
+    """The training records of the checkpoints of ``families`` (shipped, or ``directory``'s)."""
+    records = []
+    for family in families:
+        for variant in VARIANTS:
+            _, record = load_detector(CONFIGS[family]["model_type"], variant, "cpu", directory)
+            records.append(record)
+    return records
+
+
+def detector_deferrals(cal_results: list[dict], records: list[dict], calibration: dict) -> dict:
+    """Architectures where ``auto`` should answer with the detector: those whose ``ours``
+    detector, trained on the first calibration zoo, answers the held-out last one (unseen
+    parents; "none" for orphans) more often right than ``auto`` does on that zoo. ``auto``'s
+    constants were fitted on that zoo too, so the comparison leans towards ``auto``."""
+    held_out = CALIBRATION_SEEDS[-1]
+    deferrals = {}
+    for record in records:
+        unseen = record["evaluation"].get("parent split (unseen parents)")
+        if record["variant"] != "ours" or unseen is None:
+            continue
+        result = next(
+            r for r in cal_results if r["family"] == record["family"] and r["seed"] == held_out
+        )
+        hits = []
+        for split, queries in result["splits"].items():
+            for query in queries:
+                answer = judged(query, AUTO, calibration)
+                named = answer["margin"] >= calibration["auto"]["threshold"]
+                hits.append(not named if split == ORPHANS else named and answer["correct"])
+        auto_exact = sum(hits) / len(hits)
+        if unseen["accuracy"] > auto_exact:
+            deferrals[record["model_type"]] = {
+                "detector_exact": round(unseen["accuracy"], 4),
+                "auto_exact": round(auto_exact, 4),
+            }
+    return deferrals
+
+
+def train_detectors(
+    root: Path, families: list[str], size: str, into: Path, options: dict, log, epochs=None
+) -> list[dict]:
+    """Train both detector variants per family on the calibration zoos (never reported), the
+    last one held out for the unseen-parent check, and write them to ``into``."""
+    records = []
+    for family in families:
+        zoos = [zoo_path(root, family, seed) for seed in CALIBRATION_SEEDS]
+        for zoo, seed in zip(zoos, CALIBRATION_SEEDS, strict=True):
+            if not (zoo / MANIFEST).is_file():
+                build_zoo(family, zoo, seed, size, log)
+        for variant in VARIANTS:
+            model_type = CONFIGS[family]["model_type"]
+            out = into / f"{model_type}-{variant}.safetensors"
+            log(f"training the {variant} detector of {family} into {out}")
+            records.append(
+                train_on_zoos(
+                    zoos,
+                    out,
+                    variant=variant,
+                    device=options["device"],
+                    num_probes=options["probes"],
+                    epochs=epochs,
+                    log=log,
+                )
+            )
+    _shipped.cache_clear()
+    return records
 
 
 def zoo_path(root: Path, family: str, seed: int) -> Path:
@@ -69,7 +144,15 @@ def _zoo_results(
         if set(methods) <= set(result["methods"]) and result["num_probes"] == options["probes"]:
             log(f"{zoo.name}: reusing {RESULTS}")
             return result
-    result = evaluate_zoo(zoo, methods, calibration, options["device"], options["probes"], log)
+    result = evaluate_zoo(
+        zoo,
+        methods,
+        calibration,
+        options["device"],
+        options["probes"],
+        log,
+        options.get("detector_dir"),
+    )
     tmp = cached.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(cached)
@@ -85,6 +168,8 @@ def run_bench(
     methods: list[str] | None = None,
     out: Path | None = None,
     calibrate_into: Path | None = None,
+    detectors_into: Path | None = CHECKPOINT_DIR,
+    detector_epochs: int | None = None,
     device: str = "cpu",
     probes: int = 64,
     reuse: bool = False,
@@ -106,7 +191,7 @@ def run_bench(
         raise InvalidArgument("--seeds must be at least 1")
     calibration = load_calibration()
     scored = resolve_methods(methods, calibration, calibrate_into is not None)
-    options = {"device": device, "probes": probes}
+    options = {"device": device, "probes": probes, "detector_dir": detectors_into}
     if (root / MANIFEST).is_file():
         manifest = read_manifest(root)
         plan = [(root, manifest["family"], manifest["seed"])]
@@ -115,15 +200,29 @@ def run_bench(
             raise InvalidArgument("--calibrate needs a benchmark folder, not a single zoo")
     else:
         plan = [(zoo_path(root, f, s), f, s) for f in families for s in range(seeds)]
+    registry = [m for m in scored if m in METHODS]
+    detector_records = []
     if calibrate_into is not None:
         cal_results = [
-            _zoo_results(zoo_path(root, f, seed), f, seed, size, scored, None, options, reuse, log)
+            _zoo_results(
+                zoo_path(root, f, seed), f, seed, size, registry, None, options, reuse, log
+            )
             for f in families
             for seed in CALIBRATION_SEEDS
         ]
         calibration = calibrate(cal_results, calibration, log)
+        calibration["auto"].pop("defer_to_detector", None)  # decided anew below, if trained
         calibrate_into.write_text(json.dumps(calibration, indent=2) + "\n")
         log(f"calibration written to {calibrate_into}")
+        if detectors_into is not None and any(m in DETECTOR_METHODS for m in scored):
+            detector_records = train_detectors(
+                root, families, size, detectors_into, options, log, detector_epochs
+            )
+            calibration["auto"]["defer_to_detector"] = detector_deferrals(
+                cal_results, detector_records, calibration
+            )
+            calibrate_into.write_text(json.dumps(calibration, indent=2) + "\n")
+            log(f"auto defers to the detector for: {calibration['auto']['defer_to_detector']}")
     results = [
         _zoo_results(zoo, f, s, size, scored, calibration, options, reuse, log)
         for zoo, f, s in plan
@@ -140,6 +239,8 @@ def run_bench(
         if out.is_file() and NOTES_MARKER in out.read_text():
             notes = out.read_text().split(NOTES_MARKER, 1)[1]
         plot_name = out.with_suffix(".png").name
+    if not detector_records and any(m in DETECTOR_METHODS for m in scored):
+        detector_records = shipped_records(families, detectors_into)
     summary = summarize(results, calibration)
     report = render(
         summary,
@@ -150,6 +251,7 @@ def run_bench(
         wall_seconds=time.perf_counter() - started,
         notes=notes,
         scale=scale,
+        detector_records=detector_records,
     )
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

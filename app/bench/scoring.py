@@ -12,11 +12,13 @@ import math
 
 from app.engine.calibration import taylor_alpha
 from app.engine.decision import as_distance, combine_auto
-from app.engine.methods import AUTO, METHODS
+from app.engine.methods import AUTO, DETECTOR_METHODS, METHODS
 
 
 def scores(query: dict, method: str, calibration: dict, alpha: float | None = None) -> list[float]:
     """Per-candidate scores of ``method`` (higher = more likely the parent) for one query."""
+    if method == AUTO and deferred(query, calibration):
+        return query["scores"]["detector"]
     if method == AUTO:
         components = calibration["auto"]["noise"]
         per_candidate = [
@@ -25,6 +27,8 @@ def scores(query: dict, method: str, calibration: dict, alpha: float | None = No
         ]
         nearest = min(query["relative_l2"])
         return combine_auto(per_candidate, nearest, calibration, query.get("outward"))
+    if method in DETECTOR_METHODS:
+        return query["scores"][method]  # probabilities, beside "none"'s in none_score
     if METHODS[method].kind == "taylor":
         similarity = method.removeprefix("taylor-")
         if alpha is None:
@@ -33,10 +37,17 @@ def scores(query: dict, method: str, calibration: dict, alpha: float | None = No
     return query["scores"][method]
 
 
+def deferred(query: dict, calibration: dict) -> bool:
+    """Whether ``auto`` answers this query with the detector, as the engine would (see
+    ``decision.rank_candidates``): its architecture is listed and the detector was scored."""
+    listed = calibration["auto"].get("defer_to_detector", {})
+    return query.get("model_type") in listed and "detector" in query.get("scores", {})
+
+
 def evidence(method: str, values: list[float]) -> list[float]:
     """Scores on a scale where differences compare across queries: −log D for methods with a
     distance, the score itself for ``auto`` (already in noise units) and Taylor scores."""
-    if method == AUTO or METHODS[method].kind == "taylor":
+    if method == AUTO or method in DETECTOR_METHODS or METHODS[method].kind == "taylor":
         return list(values)
     return [-math.log(max(as_distance(method, v), 1e-30)) for v in values]
 
@@ -55,7 +66,12 @@ def judged(query: dict, method: str, calibration: dict, alpha: float | None = No
     values = scores(query, method, calibration, alpha)
     best, margin = best_and_margin(method, values)
     top1 = query["candidates"][best]
-    return {"top1": top1, "margin": margin, "correct": top1 == query["truth"]}
+    if method in DETECTOR_METHODS or (method == AUTO and deferred(query, calibration)):
+        # The detector's own no-parent token answers "none".
+        none = query["none_score"]["detector" if method == AUTO else method] > values[best]
+    else:
+        none = names_none(method, margin, calibration)
+    return {"top1": top1, "margin": margin, "correct": top1 == query["truth"], "none": none}
 
 
 def names_none(method: str, margin: float, calibration: dict) -> bool:

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
 from app.engine import adapters, weightspace
 from app.engine.calibration import load_calibration
 from app.engine.errors import IncompatibleModels, InvalidArgument, InvalidConfig, ShapeMismatch
-from app.engine.methods import AUTO, PairContext, get_method, network_for
+from app.engine.methods import AUTO, DETECTOR_METHODS, PairContext, get_method, network_for
 from app.engine.model_files import LoadedModel
 from app.engine.probes import DEFAULT_NUM_PROBES, DEFAULT_PROBE_SEED, probe_inputs
 
@@ -178,6 +179,7 @@ def rank_candidates(
     probe_seed: int = DEFAULT_PROBE_SEED,
     taylor_alpha: float | None = None,
     calibration: dict | None = None,
+    detector_dir: Path | None = None,
 ) -> Ranking:
     """Score every candidate parent of ``child`` and decide; candidates best first.
 
@@ -192,7 +194,38 @@ def rank_candidates(
         return rank_adapter(
             child, parents, device=device, num_probes=num_probes, probe_seed=probe_seed
         )
+    if method in DETECTOR_METHODS:
+        from app.engine.detector_inputs import rank_with_detector
+
+        return rank_with_detector(
+            child,
+            parents,
+            method,
+            device=device,
+            num_probes=num_probes,
+            probe_seed=probe_seed,
+            directory=detector_dir,
+        )
     calibration = calibration or load_calibration()
+    deferred = calibration["auto"].get("defer_to_detector", {})
+    if method == AUTO and child.model_type in deferred:
+        # The benchmark found the trained detector the better evidence for this architecture
+        # (``lineage bench --calibrate``); without a usable checkpoint auto answers as usual.
+        from app.engine.detector import DetectorError
+        from app.engine.detector_inputs import rank_with_detector
+
+        try:
+            return rank_with_detector(
+                child,
+                parents,
+                "detector",
+                device=device,
+                num_probes=num_probes,
+                probe_seed=probe_seed,
+                directory=detector_dir,
+            )
+        except (DetectorError, IncompatibleModels):
+            pass
     if method == AUTO:
         components = [m for m in calibration["auto"]["noise"] if m != DIRECTION]
     else:

@@ -75,13 +75,17 @@ class DetectorConfig:
     no_parent: bool = True
     heads: int = 4
     dropout: float = 0.0
+    # Weight and feature images larger than this on a side are average-pooled down to it before
+    # the convolutions, so the cost per pair is bounded for any layer size (a 1536 × 384 layer
+    # included); the singular values of ``ours`` are taken from the full matrices.
+    max_side: int = 16
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise DetectorError(
                 f"unknown detector variant {self.variant!r}; expected one of {', '.join(VARIANTS)}"
             )
-        for name, low in (("embed_dim", 1), ("n_scores", 0), ("heads", 1)):
+        for name, low in (("embed_dim", 1), ("n_scores", 0), ("heads", 1), ("max_side", 3)):
             value = getattr(self, name)
             if not _is_int(value) or value < low:
                 raise DetectorError(f"detector {name} must be an integer >= {low}, got {value!r}")
@@ -233,10 +237,12 @@ class LineageDetector(nn.Module):
 
         # Only real slots are encoded, so padding never enters BatchNorm's statistics.
         w, f = pick(weights), pick(features)
+        small_w, small_f = self._pooled(w), self._pooled(f)
         if self.config.variant == "paper":
-            pair = self._pair_paper(w, f)
+            pair = self._pair_paper(small_w, small_f)
         else:
-            pair = self._pair_ours(w, f, pick(scores) if self.config.n_scores else None)
+            scores_ = pick(scores) if self.config.n_scores else None
+            pair = self._pair_ours(small_w, small_f, w, scores_)
         h = pair.new_zeros(batch * k, pair.shape[-1])
         h[real] = pair
         h = h.view(batch, k, -1)  # (B, K, E)
@@ -255,13 +261,21 @@ class LineageDetector(nn.Module):
         tokens = torch.stack([self.cls.expand_as(tw), tw, tf], dim=1)  # (M, 3, E)
         return self.attention(tokens, tokens, tokens, need_weights=False)[0][:, 0]
 
-    def _pair_ours(self, w: torch.Tensor, f: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        side = self.config.max_side
+        if x.shape[-2] <= side and x.shape[-1] <= side:
+            return x
+        return F.adaptive_avg_pool2d(x, (min(x.shape[-2], side), min(x.shape[-1], side)))
+
+    def _pair_ours(
+        self, w: torch.Tensor, f: torch.Tensor, full_w: torch.Tensor, s: torch.Tensor | None
+    ) -> torch.Tensor:
         tw = self.weight_encoder(_per_child_scale(w)) + self.type_embedding[0]
         tokens = [self.cls.expand_as(tw), tw]
         tokens.append(self.feature_encoder(_per_child_scale(f)) + self.type_embedding[1])
         if s is not None:
             tokens.append(self.score_proj(s) + self.type_embedding[2])
-        tokens.append(self.spectrum_mlp(_spectrum(w)) + self.type_embedding[3])
+        tokens.append(self.spectrum_mlp(_spectrum(full_w)) + self.type_embedding[3])
         x = self.pair_block(torch.stack(tokens, dim=1))  # (M, T, E)
         return self.pair_norm(x[:, 0])
 
@@ -359,6 +373,7 @@ def save_checkpoint(model: LineageDetector, path: str | Path, record: dict) -> N
         save_file(state, tmp, metadata=metadata)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep a shipped checkpoint from others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

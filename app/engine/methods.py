@@ -207,11 +207,13 @@ def _build_registry() -> dict[str, Method]:
 
 METHODS: dict[str, Method] = _build_registry()
 AUTO = "auto"
+# The trained Lineage Detector (``app.engine.detector_inputs``): ours, and the paper's variant.
+DETECTOR_METHODS = ("detector", "detector-paper")
 
 
 def method_names() -> list[str]:
     """Every method name the engine accepts, ``auto`` first."""
-    return [AUTO, *METHODS]
+    return [AUTO, *DETECTOR_METHODS, *METHODS]
 
 
 def get_method(name: str) -> Method:

@@ -1,0 +1,207 @@
+"""What the Lineage Detector sees of a (candidate, child) pair, for any supported architecture.
+
+- **Weights**: one layer's weight matrix of the candidate and of the child, as a 2-channel image
+  (H, W). The layer is set per family in ``LAYERS`` (a hidden layer: the input layer sees the same
+  data in every model, the head is often replaced); for any other architecture it is the largest
+  matrix that is neither an embedding nor the head. Convolution kernels are flattened to
+  (out, in·kh·kw). The encoders end in global pooling, so any (H, W) is accepted.
+- **Features**: f(x) on the engine's probe inputs (the same f as the linearised methods:
+  logits, or the last hidden state of a ``transformers`` model), candidate and child, (N, D).
+- **Scores** (``ours`` only): the learning-free evidence of ``SCORE_METHODS``, each as −log
+  distance (higher = closer), standardised across the query's candidates.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import torch
+
+from app.engine import weightspace
+from app.engine.decision import (
+    CandidateScore,
+    Decision,
+    Ranking,
+    Skipped,
+    as_distance,
+)
+from app.engine.detector import (
+    DetectorError,
+    DetectorExample,
+    LineageDetector,
+    collate,
+    load_checkpoint,
+)
+from app.engine.errors import IncompatibleModels
+from app.engine.methods import PairContext, get_method
+from app.engine.model_files import LoadedModel
+from app.engine.probes import DEFAULT_NUM_PROBES, DEFAULT_PROBE_SEED
+
+LAYERS = {
+    "lineage-mlp": "layers.1.weight",
+    "lineage-cnn": "stages.1.conv2.weight",
+    "gpt2": "h.1.mlp.c_fc.weight",
+}
+SCORE_METHODS = ("weight-l2", "weight-cos", "weight-spectrum", "lin-l1", "cka")
+_EMBEDDING_WORDS = ("embed", "wte", "wpe", "shared")
+
+
+def chosen_layer(ctx: PairContext) -> str:
+    """The state name of the layer whose weights the detector compares."""
+    parent_state, _, _ = ctx.states
+    network = ctx.network
+    name = LAYERS.get(network.config.get("model_type"))
+    if name is not None and name in parent_state:
+        return name
+    matrices = [
+        (tensor.numel(), key)
+        for key, tensor in parent_state.items()
+        if tensor.dim() >= 2
+        and tensor.is_floating_point()
+        and key not in network.head
+        and not any(word in key for word in _EMBEDDING_WORDS)
+    ]
+    if not matrices:
+        raise IncompatibleModels(f"{ctx.parent.name}: no weight matrix for the detector to compare")
+    return max(matrices)[1]
+
+
+def pair_inputs(ctx: PairContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights (2, H, W), features (2, N, D)) of one pair, float32 on the pair's device."""
+    parent_state, child_state, _ = ctx.states
+    layer = chosen_layer(ctx)
+    weights = torch.stack([parent_state[layer], child_state[layer]]).flatten(2).float()
+    features = torch.stack([ctx.parent_output, ctx.child_output]).flatten(2).float()
+    return weights, features
+
+
+def query_scores(contexts: list[PairContext]) -> torch.Tensor:
+    """(K, S) learning-free evidence per candidate, standardised across the candidates."""
+    columns = []
+    for method in SCORE_METHODS:
+        values = []
+        for ctx in contexts:
+            try:
+                score = get_method(method).score(ctx)
+                values.append(-math.log(max(as_distance(method, score), 1e-30)))
+            except IncompatibleModels:
+                values.append(math.nan)
+        column = torch.tensor(values, dtype=torch.float32)
+        known = column[~column.isnan()]
+        if len(known) > 1 and float(known.std()) > 0:
+            column = (column - known.mean()) / known.std()
+        else:
+            column = column - (known.mean() if len(known) else 0.0)
+        columns.append(column.nan_to_num(0.0))
+    return torch.stack(columns, dim=1)
+
+
+def query_example(contexts: list[PairContext], target: int, with_scores: bool) -> DetectorExample:
+    """One detector example: the child against every candidate of ``contexts`` (one per
+    candidate, same child); ``target`` is the parent's index, or len(contexts) for none."""
+    pairs = [pair_inputs(ctx) for ctx in contexts]
+    shapes = {(w.shape, f.shape) for w, f in pairs}
+    if len(shapes) > 1:
+        raise IncompatibleModels("the detector needs candidates of one architecture")
+    weights = torch.stack([w for w, _ in pairs]).cpu()
+    features = torch.stack([f for _, f in pairs]).cpu()
+    scores = query_scores(contexts) if with_scores else None
+    return DetectorExample(weights, features, scores, target)
+
+
+# --- the shipped checkpoints and ranking with them ----------------------------------------------
+
+CHECKPOINT_DIR = Path(__file__).parent / "detectors"
+# Method name → variant of the shipped checkpoint it uses.
+VARIANT_OF = {"detector": "ours", "detector-paper": "paper"}
+
+
+def checkpoint_path(model_type: str | None, variant: str, directory: Path | None = None) -> Path:
+    return (directory or CHECKPOINT_DIR) / f"{model_type}-{variant}.safetensors"
+
+
+@functools.cache
+def _shipped(path: Path, device: str) -> tuple[LineageDetector, dict]:
+    return load_checkpoint(path, device)
+
+
+def load_detector(
+    model_type: str | None,
+    variant: str,
+    device: torch.device | str = "cpu",
+    directory: Path | None = None,
+) -> tuple[LineageDetector, dict]:
+    """The detector of an architecture (shipped, or in ``directory``); ``DetectorError`` when
+    there is none."""
+    path = checkpoint_path(model_type, variant, directory)
+    if not path.is_file():
+        shipped = sorted(p.stem for p in path.parent.glob("*.safetensors"))
+        raise DetectorError(
+            f"no trained {variant} detector for model_type {model_type!r} (shipped: "
+            f"{', '.join(shipped) or 'none'}); train one with `lineage train-detector`"
+        )
+    return _shipped(path, str(device))
+
+
+def detector_logits(
+    model: LineageDetector, contexts: list[PairContext], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Logits (K + 1,) of one query: one per candidate, then "no parent"."""
+    example = query_example(contexts, 0, with_scores=bool(model.config.n_scores))
+    weights, features, scores, mask, _ = collate([example])
+    with torch.no_grad():
+        logits = model(
+            weights.to(device),
+            features.to(device),
+            None if scores is None else scores.to(device),
+            mask.to(device),
+        )
+    return logits[0].cpu()
+
+
+def rank_with_detector(
+    child: LoadedModel,
+    parents: list[LoadedModel],
+    method: str,
+    *,
+    device: torch.device | str = "cpu",
+    num_probes: int = DEFAULT_NUM_PROBES,
+    probe_seed: int = DEFAULT_PROBE_SEED,
+    directory: Path | None = None,
+) -> Ranking:
+    """Rank candidates with the shipped detector (or ``directory``'s): softmax over candidates
+    and "no parent"."""
+    kept: list[PairContext] = []
+    skipped: list[Skipped] = []
+    for parent in parents:
+        ctx = PairContext(parent, child, device, num_probes, probe_seed)
+        try:
+            weightspace.matched_tensors(parent, child)
+            pair_inputs(ctx)
+        except IncompatibleModels as exc:
+            skipped.append(Skipped(parent.name, exc.message))
+            continue
+        kept.append(ctx)
+    if not kept:
+        reasons = "; ".join(f"{s.parent}: {s.reason}" for s in skipped)
+        raise IncompatibleModels(f"no candidate can be compared with {child.name} ({reasons})")
+    model_type = kept[0].network.config.get("model_type")
+    model, _ = load_detector(model_type, VARIANT_OF[method], device, directory)
+    logits = detector_logits(model, kept, device)
+    probs = torch.softmax(logits, 0)
+    order = sorted(range(len(kept)), key=lambda i: -float(logits[i]))
+    best = order[0]
+    # Margin over the runner-up candidate (over "none" when there is a single candidate).
+    runner_up = float(probs[order[1]]) if len(order) > 1 else float(probs[-1])
+    margin = float(probs[best]) - runner_up
+    names = [ctx.parent.name for ctx in kept]
+    if float(probs[-1]) > float(probs[best]):
+        decision = Decision(None, float(probs[-1]), method, names[best], margin, False)
+    else:
+        decision = Decision(names[best], float(probs[best]), method, names[best], margin, False)
+    candidates = [
+        CandidateScore(names[i], float(probs[i]), {method: float(probs[i])}) for i in order
+    ]
+    return Ranking(child.name, decision, candidates, skipped)
