@@ -30,7 +30,8 @@ test: $(VENV)/.dev-installed
 	$(BIN)/pytest
 
 # The benchmark from scratch: zoos, held-out calibration (rewrites app/engine/calibration.json),
-# every method on every split, docs/benchmarks.md and its plot. About 10 minutes on 2 CPU cores.
+# every method on every split, the detectors (retrained into app/engine/detectors), docs/benchmarks.md
+# and its plot. About 30 minutes on 2 CPU cores.
 BENCH_DIR ?= var/bench
 bench: $(VENV)/.installed
 	rm -rf $(BENCH_DIR)

@@ -8,7 +8,7 @@ import pytest
 
 from app.engine.architectures import open_model
 from app.engine.decision import rank_candidates
-from app.engine.methods import METHODS
+from app.engine.methods import METHODS, method_names
 
 
 def detect_json(cli, child, parents, *extra) -> dict:
@@ -138,7 +138,7 @@ def test_readable_table_without_json(mlp_zoo, cli):
 def test_methods_lists_the_registry(cli):
     result = cli("methods", check=True)
     listed = [line.split()[0] for line in result.stdout.splitlines()]
-    assert listed == ["auto", *METHODS]
+    assert listed == method_names()
 
 
 def test_without_configs_auto_uses_weight_evidence(mlp_zoo, tmp_path, cli):

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
+from app.bench.evaluate import model_opener
 from app.bench.zoo import CONFIGS, MANIFEST, read_manifest
-from app.engine.architectures import open_model
 from app.engine.detector import (
     DetectorConfig,
     DetectorExample,
@@ -35,7 +35,6 @@ from app.engine.detector import (
 from app.engine.detector_inputs import LAYERS, SCORE_METHODS, query_example
 from app.engine.errors import InvalidArgument
 from app.engine.methods import PairContext
-from app.engine.model_files import LoadedModel
 from app.engine.probes import DEFAULT_NUM_PROBES
 
 EPOCHS = {"ours": 20, "paper": 20}
@@ -51,13 +50,7 @@ def zoo_examples(
 ) -> list[dict]:
     """Every query of the zoo's splits as ``{zoo, split, child, truth, example}``."""
     manifest = read_manifest(zoo)
-    opened: dict[str, LoadedModel] = {}
-
-    def model(name: str) -> LoadedModel:
-        if name not in opened:
-            opened[name] = open_model(zoo / name, name)
-        return opened[name]
-
+    model = model_opener(zoo)
     out = []
     for split, queries in manifest["splits"].items():
         for query in queries:

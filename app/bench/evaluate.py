@@ -84,6 +84,18 @@ class PeakMemory:
         return False
 
 
+def model_opener(zoo: Path) -> Callable[[str], LoadedModel]:
+    """A function from a zoo model's name to the model, each opened once."""
+    opened: dict[str, LoadedModel] = {}
+
+    def model(name: str) -> LoadedModel:
+        if name not in opened:
+            opened[name] = open_model(zoo / name, name)
+        return opened[name]
+
+    return model
+
+
 def _score_query(
     query: dict,
     model: Callable[[str], LoadedModel],
@@ -217,13 +229,7 @@ def evaluate_zoo(
     raw results. ``calibration``: the constants ``auto`` is timed with (default: the engine's)."""
     device = torch.device(device)
     manifest = read_manifest(zoo)
-    opened: dict[str, LoadedModel] = {}
-
-    def model(name: str) -> LoadedModel:
-        if name not in opened:
-            opened[name] = open_model(zoo / name, name)
-        return opened[name]
-
+    model = model_opener(zoo)
     started = time.perf_counter()
     splits = {}
     for split, queries in manifest["splits"].items():
