@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench lint format clean
+.PHONY: run test bench detectors lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,21 @@ bench: $(VENV)/.installed
 	rm -rf $(BENCH_DIR)
 	$(BIN)/lineage bench $(BENCH_DIR) --seeds 3 --size small --calibrate --scale-timing \
 		--out docs/benchmarks.md
+
+# The shipped detectors alone (app/engine/detectors), each variant and family trained on its
+# calibration zoos (seeds 100 and 101, built when missing); `make bench` also does this.
+detectors: $(VENV)/.installed
+	for f in mlp cnn gpt2; do \
+	  for s in 100 101; do \
+	    test -f $(BENCH_DIR)/$$f-seed$$s/manifest.json || \
+	      $(BIN)/lineage zoo build $$f --out $(BENCH_DIR)/$$f-seed$$s --seed $$s --size small; \
+	  done; \
+	  t=$$($(BIN)/python -c "from app.bench.zoo import CONFIGS; print(CONFIGS['$$f']['model_type'])"); \
+	  for v in paper ours; do \
+	    $(BIN)/lineage train-detector $(BENCH_DIR)/$$f-seed100 $(BENCH_DIR)/$$f-seed101 \
+	      --variant $$v --out app/engine/detectors/$$t-$$v.safetensors --quiet || exit 1; \
+	  done; \
+	done
 
 format: $(VENV)/.dev-installed
 	$(BIN)/ruff check --fix .

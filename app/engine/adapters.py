@@ -209,7 +209,8 @@ def alignment(
     delta: dict[str, torch.Tensor],
     probes: torch.Tensor,
 ) -> float:
-    """Mean over adapted layers of log(‖ΔW x‖² / E‖ΔW Q x‖²) on the inputs the base feeds them."""
+    """Σ z / √layers over adapted layers, z = how far log ‖ΔW x‖² on the inputs the base feeds
+    the layer lies above the same with the input units shuffled, in units of the shuffles' std."""
     modules = dict(network.module.named_modules())
     layers = {}
     for name, weight in delta.items():
