@@ -176,4 +176,23 @@ def test_a_lora_adapter_of_minilm_is_attributed_to_it(hub_cache, tmp_path):
         scores = {c["parent"]: c["score"] for c in result["candidates"]}
         assert scores[MINILM] > 3.0 > scores["org/decoy"]
         assert result["audit"]["verdict"] == "consistent"
+
+        # The same kind of adapter published on the hub with its declaration scrubbed: resolved
+        # by hub ID from the cache, merged, attributed, and flagged as undisclosed.
+        silent = train_lora(
+            network, state, tokens, None, tmp_path / "silent", steps=8, base_name="", seed=1
+        )
+        repo = cache / "models--org--minilm-lora"
+        snapshot = repo / "snapshots" / hashlib.sha1(b"minilm-lora").hexdigest()
+        snapshot.mkdir(parents=True)
+        for name in names:
+            (snapshot / name).write_bytes((silent / name).read_bytes())
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(snapshot.name)
+        created = client.post("/detect", json={"hub_id": "org/minilm-lora"})
+        assert created.status_code == 202, created.text
+        job = service.finished_job(created.json()["job_id"])
+        assert job["status"] == "succeeded", job
+        assert job["result"]["decision"]["parent"] == MINILM
+        assert job["result"]["audit"]["verdict"] == "undisclosed"
     service.engine.dispose()
