@@ -4,8 +4,6 @@ with their record, `--method detector` with a trained checkpoint, and the shippe
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,18 +14,7 @@ from app.engine.architectures import open_model
 from app.engine.decision import rank_candidates
 from app.engine.detector import DetectorError, load_checkpoint
 from app.engine.detector_inputs import CHECKPOINT_DIR, SCORE_METHODS, load_detector
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args: str):
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
