@@ -29,7 +29,7 @@ from datetime import date
 
 import numpy as np
 
-from app.bench.scoring import best_and_margin, judged, scores
+from app.bench.scoring import best_and_margin, decision_right, judged, scores
 from app.engine.calibration import REFERENCE_TAYLOR_ALPHA
 from app.engine.decision import DIRECTION, as_distance, log_distances
 from app.engine.methods import AUTO, METHODS
@@ -81,14 +81,14 @@ def decision_accuracy(results: list[dict], calibration: dict) -> float:
     threshold, _ = logistic_threshold(*_labelled_margins(results, AUTO, calibration))
     cells = []
     for result in results:
-        for split, queries in result["splits"].items():
+        for queries in result["splits"].values():
             if not queries:
                 continue
             hits = []
             for query in queries:
                 answer = judged(query, AUTO, calibration)
-                named = answer["margin"] >= threshold
-                hits.append(not named if split == ORPHANS else named and answer["correct"])
+                none = answer["margin"] < threshold
+                hits.append(decision_right(query["truth"], none, answer["correct"]))
             cells.append(statistics.fmean(hits))
     return statistics.fmean(cells)
 

@@ -13,16 +13,16 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from app.bench.calibrate import AUTO_POOL, CALIBRATION_SEEDS, ORPHANS, calibrate
+from app.bench.calibrate import AUTO_POOL, CALIBRATION_SEEDS, calibrate
 from app.bench.detector import train_on_zoos
 from app.bench.evaluate import evaluate_zoo, time_at_scale
 from app.bench.report import NOTES_MARKER, plot, render, summarize
-from app.bench.scoring import judged
+from app.bench.scoring import decision_right, judged
 from app.bench.zoo import CONFIGS, MANIFEST, build_zoo, read_manifest
 from app.engine.calibration import load_calibration
 from app.engine.decision import DIRECTION
 from app.engine.detector import VARIANTS
-from app.engine.detector_inputs import CHECKPOINT_DIR, _shipped, load_detector
+from app.engine.detector_inputs import CHECKPOINT_DIR, load_detector
 from app.engine.errors import InvalidArgument
 from app.engine.methods import AUTO, DETECTOR_METHODS, METHODS
 
@@ -75,11 +75,10 @@ def detector_deferrals(cal_results: list[dict], records: list[dict], calibration
             r for r in cal_results if r["family"] == record["family"] and r["seed"] == held_out
         )
         hits = []
-        for split, queries in result["splits"].items():
+        for queries in result["splits"].values():
             for query in queries:
                 answer = judged(query, AUTO, calibration)
-                named = answer["margin"] >= calibration["auto"]["threshold"]
-                hits.append(not named if split == ORPHANS else named and answer["correct"])
+                hits.append(decision_right(query["truth"], answer["none"], answer["correct"]))
         auto_exact = sum(hits) / len(hits)
         if unseen["accuracy"] > auto_exact:
             deferrals[record["model_type"]] = {
@@ -115,7 +114,6 @@ def train_detectors(
                     log=log,
                 )
             )
-    _shipped.cache_clear()
     return records
 
 

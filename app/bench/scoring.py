@@ -74,6 +74,12 @@ def judged(query: dict, method: str, calibration: dict, alpha: float | None = No
     return {"top1": top1, "margin": margin, "correct": top1 == query["truth"], "none": none}
 
 
+def decision_right(truth: str | None, none: bool, correct: bool) -> bool:
+    """Whether an answer is the right decision: "none" where the query has no parent among its
+    candidates, else the true parent named."""
+    return none if truth is None else not none and correct
+
+
 def names_none(method: str, margin: float, calibration: dict) -> bool:
     """Whether the method, with its calibrated threshold, answers "no parent"."""
     if method == AUTO:

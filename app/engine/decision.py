@@ -30,6 +30,7 @@ import torch
 
 from app.engine import adapters, weightspace
 from app.engine.calibration import load_calibration
+from app.engine.detector import DetectorError
 from app.engine.errors import IncompatibleModels, InvalidArgument, InvalidConfig, ShapeMismatch
 from app.engine.methods import AUTO, DETECTOR_METHODS, PairContext, get_method, network_for
 from app.engine.model_files import LoadedModel
@@ -194,38 +195,28 @@ def rank_candidates(
         return rank_adapter(
             child, parents, device=device, num_probes=num_probes, probe_seed=probe_seed
         )
-    if method in DETECTOR_METHODS:
-        from app.engine.detector_inputs import rank_with_detector
-
-        return rank_with_detector(
-            child,
-            parents,
-            method,
-            device=device,
-            num_probes=num_probes,
-            probe_seed=probe_seed,
-            directory=detector_dir,
-        )
     calibration = calibration or load_calibration()
-    deferred = calibration["auto"].get("defer_to_detector", {})
-    if method == AUTO and child.model_type in deferred:
+    detector = method if method in DETECTOR_METHODS else None
+    if method == AUTO and child.model_type in calibration["auto"].get("defer_to_detector", {}):
         # The benchmark found the trained detector the better evidence for this architecture
         # (``lineage bench --calibrate``); without a usable checkpoint auto answers as usual.
-        from app.engine.detector import DetectorError
+        detector = "detector"
+    if detector is not None:
         from app.engine.detector_inputs import rank_with_detector
 
         try:
             return rank_with_detector(
                 child,
                 parents,
-                "detector",
+                detector,
                 device=device,
                 num_probes=num_probes,
                 probe_seed=probe_seed,
                 directory=detector_dir,
             )
         except (DetectorError, IncompatibleModels):
-            pass
+            if method != AUTO:
+                raise
     if method == AUTO:
         components = [m for m in calibration["auto"]["noise"] if m != DIRECTION]
     else:

@@ -123,7 +123,8 @@ def checkpoint_path(model_type: str | None, variant: str, directory: Path | None
 
 
 @functools.cache
-def _shipped(path: Path, device: str) -> tuple[LineageDetector, dict]:
+def _cached(path: Path, device: str, mtime_ns: int, size: int) -> tuple[LineageDetector, dict]:
+    # Keyed by the file's identity too: a checkpoint retrained in place is read again.
     return load_checkpoint(path, device)
 
 
@@ -142,7 +143,8 @@ def load_detector(
             f"no trained {variant} detector for model_type {model_type!r} (shipped: "
             f"{', '.join(shipped) or 'none'}); train one with `lineage train-detector`"
         )
-    return _shipped(path, str(device))
+    stat = path.stat()
+    return _cached(path, str(device), stat.st_mtime_ns, stat.st_size)
 
 
 def detector_logits(
