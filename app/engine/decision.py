@@ -291,20 +291,20 @@ def rank_adapter(
         reasons = "; ".join(f"{s.parent}: {s.reason}" for s in skipped)
         raise IncompatibleModels(f"the adapter {child.name} fits no candidate ({reasons})")
     kept.sort(key=lambda t: -t[1])
-    best_name, best = kept[0]
+    best_model, best = kept[0]
     runner_up = kept[1][1] if len(kept) > 1 else 0.0
     margin = best - max(runner_up, 0.0)
     if best >= adapters.THRESHOLD:
         decision = Decision(
-            best_name.name,
+            best_model.name,
             _sigmoid(margin / adapters.SCALE),
             adapters.METHOD,
-            best_name.name,
+            best_model.name,
             margin,
             False,
         )
     else:
         confidence = _sigmoid((adapters.THRESHOLD - best) / adapters.SCALE)
-        decision = Decision(None, confidence, adapters.METHOD, best_name.name, margin, False)
+        decision = Decision(None, confidence, adapters.METHOD, best_model.name, margin, False)
     candidates = [CandidateScore(p.name, score, {adapters.METHOD: score}) for p, score in kept]
     return Ranking(child.name, decision, candidates, skipped)
