@@ -212,8 +212,10 @@ def serve(
     except Exception as exc:  # the database is unreachable or refuses us
         _fail(f"cannot prepare the database at {settings.database_url}: {exc}")
     from app.api.app import create_app
+    from worker.dispatch import dispatcher_for
 
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port))
+    app = create_app(settings, dispatcher_for(settings))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port))
     if demo:
         from app.service_demo import run_service_demo
 

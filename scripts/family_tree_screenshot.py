@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
-
-from app.api.process import CHROMIUM, CHROMIUM_ARGS, served
+from processes import CHROMIUM, CHROMIUM_ARGS, served
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,13 +19,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.api.app import create_app
 from app.core.config import Settings
 from app.core.db import make_engine, migrate, session_factory
-from app.detection.dispatch import InProcessDispatcher
 from app.detection.models import Job
 from app.engine.architectures import build_network
 from app.engine.model_files import save_model
 from app.engine.training import digits_task, initial_state, train
 from app.registry.models import Model
 from tests.services import ADMIN_URL, postgres_database
+from worker.dispatch import dispatcher_for
+from worker.in_process import InProcessDispatcher
 
 CONFIG = {"model_type": "lineage-mlp", "sizes": [64, 32, 10], "activation": "relu"}
 
@@ -123,9 +124,8 @@ def start_service(url: str, storage: Path, **settings) -> Service:
     )
     engine = make_engine(url)
     factory = session_factory(engine)
-    dispatcher = InProcessDispatcher(factory)
-    client = TestClient(create_app(settings, dispatcher))
-    return Service(client, dispatcher, engine, factory, settings)
+    client = TestClient(create_app(settings, InProcessDispatcher))
+    return Service(client, client.app.state.dispatcher, engine, factory, settings)
 
 
 @pytest.fixture
@@ -360,7 +360,8 @@ def test_healthz_is_503_when_the_database_is_gone(tmp_path):
 def test_the_embedded_default_runs_jobs_in_process(tmp_path, family):
     url = f"sqlite:///{tmp_path / 'embedded.db'}"
     migrate(url)
-    app = create_app(Settings(database_url=url, storage_dir=tmp_path / "storage", redis_url=None))
+    settings = Settings(database_url=url, storage_dir=tmp_path / "storage", redis_url=None)
+    app = create_app(settings, dispatcher_for(settings))
     dispatcher = app.state.dispatcher
     assert isinstance(dispatcher, InProcessDispatcher)
     with TestClient(app) as client:
@@ -370,3 +371,25 @@ def test_the_embedded_default_runs_jobs_in_process(tmp_path, family):
         job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "succeeded" and job["child"].startswith("upload-")
     assert job["result"]["decision"]["parent"] == "p"
+
+
+def test_a_job_the_broker_cannot_take_is_a_503_and_marked_failed(tmp_path, family):
+    """Production mode with the broker down (nothing listens on its port): the child and its job
+    were committed before the hand-over, so the job is recorded as failed, not left queued."""
+    url = f"sqlite:///{tmp_path / 'lineage.db'}"
+    migrate(url)
+    settings = Settings(
+        database_url=url, storage_dir=tmp_path / "storage", redis_url="redis://127.0.0.1:1/0"
+    )
+    with TestClient(create_app(settings, dispatcher_for(settings))) as client:
+        registered = client.post("/parents", data={"name": "p"}, files=upload(family.parents[1]))
+        assert registered.status_code == 201, registered.text
+        response = client.post("/detect", data={"name": "c"}, files=upload(family.child))
+        error = assert_error(response, 503, "queue_unavailable")
+        assert "workers cannot be reached" in error["message"]
+        engine = make_engine(url)
+        with session_factory(engine)() as session:
+            jobs = list(session.scalars(select(Job)))
+        engine.dispose()
+        assert [(j.status, j.error["code"]) for j in jobs] == [("failed", "queue_unavailable")]
+        assert client.get(f"/jobs/{jobs[0].id}").json()["status"] == "failed"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from app.api.process import free_port, served
 from app.engine.model_files import save_model
+from scripts.processes import free_port, served
 from tests.factories import TINY_MLP_CONFIG, tiny_mlp_state
 
 ROOT = Path(__file__).resolve().parents[1]

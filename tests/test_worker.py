@@ -10,23 +10,24 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import redis
 from sqlalchemy import func, select
 
+from app.core.config import Settings
 from app.core.db import make_engine, migrate, session_factory, transaction
-from app.detection.dispatch import CeleryDispatcher
+from app.detection import service as detection
 from app.detection.models import Job
-from app.detection.service import create_job
 from app.engine.architectures import build_network
 from app.engine.model_files import save_model
 from app.engine.training import digits_task, initial_state, train
 from app.lineage.models import Edge
-from app.registry.service import register
-from app.registry.storage import commit_staged, stage_folder
+from app.registry import service as registry
 from tests.services import postgres_database
+from worker.dispatch import CeleryDispatcher, dispatcher_for
 
 REDIS = os.environ.get("LINEAGE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,12 +51,11 @@ def train_family(out: Path, config: dict, parents: int, steps: int) -> dict[str,
     return folders
 
 
-def add_model(factory, storage: Path, folder: Path, name: str, candidate: bool):
-    staged = stage_folder(storage, folder, 2**30)
-    final, loaded, _ = commit_staged(storage, staged, 2**30)
-    with transaction(factory) as session:
-        record, _ = register(session, loaded, final, name, candidate=candidate)
-        return record
+def folder_upload(folder: Path, stack: ExitStack) -> registry.Upload:
+    """A model folder's files as an upload (closed with ``stack``)."""
+    return registry.Upload(
+        [(p.name, stack.enter_context(open(p, "rb"))) for p in sorted(folder.iterdir())]
+    )
 
 
 class Service:
@@ -67,6 +67,9 @@ class Service:
         self.redis_url = f"{REDIS}/{1 + uuid.uuid4().int % 15}"
         redis.Redis.from_url(self.redis_url).flushdb()
         self.storage = tmp / "storage"
+        self.settings = Settings(
+            database_url=url, redis_url=self.redis_url, storage_dir=self.storage
+        )
         self.engine = make_engine(url)
         self.factory = session_factory(self.engine)
         self.env = {
@@ -127,17 +130,25 @@ def service(tmp_path):
 
 
 def submit(service: Service, folders: dict[str, Path], parents: int) -> tuple[str, dict]:
+    """Register the parents and submit the child through the services, as the API does; the
+    job reaches the broker when the transaction commits."""
     ids = {}
-    for i in range(parents):
-        ids[f"parent-{i}"] = add_model(
-            service.factory, service.storage, folders[f"parent-{i}"], f"org/parent-{i}", True
-        ).id
-    child = add_model(service.factory, service.storage, folders["child"], "org/child", False)
-    ids["child"] = child.id
-    with transaction(service.factory) as session:
-        job = create_job(session, child, {"method": "auto"})
-        job_id = job.id
-    CeleryDispatcher(service.redis_url).enqueue(job_id)  # only after the commit
+    with ExitStack() as stack, transaction(service.factory) as session:
+        for i in range(parents):
+            source = folder_upload(folders[f"parent-{i}"], stack)
+            parent = registry.ingest(
+                session, service.settings, source, name=f"org/parent-{i}", candidate=True
+            )
+            ids[f"parent-{i}"] = parent.model.id
+        submitted = detection.submit(
+            session,
+            service.settings,
+            CeleryDispatcher(service.redis_url),
+            folder_upload(folders["child"], stack),
+            name="org/child",
+        )
+        ids["child"] = submitted.job.child_id
+        job_id = submitted.job.id
     return job_id, ids
 
 
@@ -202,7 +213,7 @@ def test_restarting_the_api_and_the_worker_between_steps_loses_nothing(service, 
         database_url=service.url, redis_url=service.redis_url, storage_dir=service.storage
     )
     worker = service.start_worker()
-    with TestClient(create_app(settings)) as api:
+    with TestClient(create_app(settings, dispatcher_for(settings))) as api:
         for i in range(3):
             response = api.post(
                 "/parents", data={"name": f"org/parent-{i}"}, files=upload(folders[f"parent-{i}"])
@@ -210,7 +221,7 @@ def test_restarting_the_api_and_the_worker_between_steps_loses_nothing(service, 
             assert response.status_code == 201, response.text
     worker.terminate()  # a graceful stop between steps
     worker.wait(30)
-    with TestClient(create_app(settings)) as api:
+    with TestClient(create_app(settings, dispatcher_for(settings))) as api:
         response = api.post("/detect", data={"name": "org/child"}, files=upload(folders["child"]))
         assert response.status_code == 202, response.text
         job_id = response.json()["job_id"]
@@ -218,7 +229,7 @@ def test_restarting_the_api_and_the_worker_between_steps_loses_nothing(service, 
     service.start_worker()
     job = service.wait(job_id, ("succeeded", "failed"))
     assert job.status == "succeeded", job.error
-    with TestClient(create_app(settings)) as api:
+    with TestClient(create_app(settings, dispatcher_for(settings))) as api:
         tree = api.get("/lineage/org/child", headers={"Accept": "application/json"}).json()
         assert [a["name"] for a in tree["ancestors"]] == ["org/parent-0"]
         assert [(e["parent"], e["child"]) for e in tree["edges"]] == [("org/parent-0", "org/child")]

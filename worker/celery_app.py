@@ -15,6 +15,9 @@ from celery import Celery
 
 from app.core.config import get_settings
 
+# The one task: run detection job <id>; the task id is the job id.
+DETECT_TASK = "lineage.detect"
+
 
 def make_celery(redis_url: str | None = None) -> Celery:
     """A Celery app on ``redis_url`` (default: ``REDIS_URL``) with the settings above."""

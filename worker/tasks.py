@@ -10,9 +10,8 @@ from functools import lru_cache
 
 from app.core.config import get_settings
 from app.core.db import make_engine, session_factory
-from app.detection.dispatch import DETECT_TASK
 from app.detection.service import run_job
-from worker.celery_app import make_celery
+from worker.celery_app import DETECT_TASK, make_celery
 
 celery = make_celery()
 

@@ -2,22 +2,26 @@
 
 ``create_app`` does not migrate: ``lineage serve`` and the tests run ``app.core.db.migrate``
 first, so a missing schema is a start-up error rather than something an API process changes
-behind the operator's back.
+behind the operator's back. Nor does it choose how jobs reach a worker: the caller injects the
+dispatcher (``worker.dispatch.dispatcher_for(settings)`` in ``lineage serve``), since the
+workers sit above the API.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy.orm import Session, sessionmaker
 
 from app import __version__
 from app.api.errors import install_error_handlers
-from app.api.health import Metrics, RequestMetricsMiddleware
 from app.api.health import router as health_router
-from app.core.config import Settings, get_settings
+from app.api.middleware import RequestMetricsMiddleware, UnexpectedErrorMiddleware
+from app.core.config import Settings
 from app.core.db import make_engine, session_factory
+from app.core.metrics import Metrics
 from app.detection.dispatch import Dispatcher
 from app.detection.endpoints import router as detection_router
 from app.lineage.endpoints import router as lineage_router
@@ -39,22 +43,16 @@ layout); pickle formats are refused and never unpickled. Every error is
 """
 
 
-def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, dispatcher: Callable[[sessionmaker[Session]], Dispatcher]
+) -> FastAPI:
     """The API on ``settings.database_url`` (already migrated).
 
-    ``dispatcher`` receives each job id once its row is committed; by default the in-process
-    worker without ``REDIS_URL``, Celery through Redis with it. It is closed at shutdown.
+    ``dispatcher`` makes, from the app's session factory, what receives each job id once its
+    row is committed (e.g. ``InProcessDispatcher``); it is closed at shutdown.
     """
-    settings = settings or get_settings()
     engine = make_engine(settings.database_url)
     factory = session_factory(engine)
-    if dispatcher is None:
-        from app.detection.dispatch import CeleryDispatcher, InProcessDispatcher
-
-        if settings.redis_url is None:
-            dispatcher = InProcessDispatcher(factory, device=settings.device)
-        else:
-            dispatcher = CeleryDispatcher(settings.redis_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -74,13 +72,16 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = factory
-    app.state.dispatcher = dispatcher
+    app.state.dispatcher = dispatcher(factory)
     app.state.metrics = metrics
 
     install_error_handlers(app)
+    app.add_middleware(UnexpectedErrorMiddleware)
     # Added last, so outermost: it also counts the 500s the error middleware answers.
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
-    for router in (registry_router, detection_router, lineage_router, health_router, web_router):
+    # The pages' routes first: their /lineage route matches only requests that prefer HTML and
+    # leaves the others to the JSON route of the lineage router.
+    for router in (web_router, registry_router, detection_router, lineage_router, health_router):
         app.include_router(router)
     app.mount("/static", static_files(), name="static")
     return app

@@ -5,11 +5,15 @@ WAL journalling, and transactions that take the write lock when they begin, so t
 in-process worker queue for it instead of failing; PostgreSQL gets
 pre-pinged pooled connections. ``migrate(url)`` runs Alembic's ``upgrade head`` programmatically;
 tests make their schema the same way.
+
+``after_commit(session, callback)``: work that must happen only once the caller's transaction has
+committed (a job handed to the workers must find its row), registered by a service that never
+commits itself; dropped when the transaction rolls back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +22,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+_AFTER_COMMIT = "lineage.after_commit"
 
 
 class Base(DeclarativeBase):
@@ -72,6 +77,29 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose work commits at the end of the block, or rolls back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+def after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` when ``session``'s transaction commits; forget it if it rolls back.
+
+    Callbacks run in order, after the data is durable; an exception they raise comes out of
+    ``session.commit()`` (the commit itself stands).
+    """
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    for callback in session.info.pop(_AFTER_COMMIT, []):
+        callback()
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_after_rollback(session: Session, transaction) -> None:
+    # The outermost transaction ended without a commit (after a commit the list is gone already):
+    # what it would have handed on must not leak into the session's next transaction.
+    if transaction.parent is None:
+        session.info.pop(_AFTER_COMMIT, None)
 
 
 def alembic_config(url: str):

@@ -1,42 +1,28 @@
-"""HTTP endpoints of detection: submit a child (``POST /detect``), follow its job."""
+"""HTTP endpoints of detection: submit a child (``POST /detect``), follow its job, and list
+detections by audit verdict."""
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
-from app.api.deps import (
-    DispatcherDep,
-    MetricsDep,
-    ModelRequestDep,
-    SessionDep,
-    SettingsDep,
-    model_request_body,
-    validate_body,
-)
-from app.api.errors import QueueUnavailable
-from app.core.db import utcnow
+from app.core.deps import MetricsDep, ModelRequestDep, SessionDep, SettingsDep, model_request_body
 from app.detection import service
 from app.detection.audit import VERDICTS
-from app.detection.errors import UnknownJob
-from app.detection.models import Job
-from app.detection.schemas import (
-    DetectUpload,
-    HubDetectRequest,
-    JobAccepted,
-    JobStatus,
-)
-from app.engine.errors import UnknownMethod
-from app.engine.methods import method_names
-from app.hub.declared import declared_parents
-from app.registry.models import Model
-from app.registry.service import register_stored
-from app.registry.storage import store_hub_model
+from app.detection.dispatch import Dispatcher
+from app.detection.schemas import DetectUpload, HubDetectRequest, JobAccepted, JobStatus
+from app.registry.schemas import model_source
 
-log = logging.getLogger(__name__)
 router = APIRouter(tags=["detection"])
+
+
+def get_dispatcher(request: Request) -> Dispatcher:
+    """Where committed jobs are sent (injected into ``create_app``)."""
+    return request.app.state.dispatcher
+
+
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 
 
 @router.post(
@@ -69,52 +55,21 @@ def detect(
     Answers 202 with the job id; follow it at `GET /jobs/{job_id}` (the `Location` header).
     JSON `{"hub_id", "revision", "method", "register_as_parent"}` names a hub model instead.
     """
-    fields = validate_body(HubDetectRequest, body.json) if body.is_json else body.form(DetectUpload)
-    # Checked before anything is stored: a typo must not leave a model behind.
-    if fields.method not in method_names():
-        raise UnknownMethod(
-            f"unknown method {fields.method!r}; choose one of: {', '.join(method_names())}"
-        )
-    hub_id = revision = None
-    if body.is_json:
-        hub, folder, loaded, fresh = store_hub_model(settings, fields.hub_id, fields.revision)
-        name, hub_id, revision = hub.hub_id, hub.hub_id, hub.revision
-        declared = declared_parents(hub.folder)
-    else:
-        folder, loaded, fresh, declared = body.store(settings)
-        name = fields.name or f"upload-{loaded.sha256[:12]}"
-    # Not a candidate yet: the job makes it one after detection when register_as_parent, so it is
-    # never scored against itself or offered as a parent before its own lineage is known.
-    child, created = register_stored(
-        session, loaded, folder, fresh, name, candidate=False, hub_id=hub_id, revision=revision
-    )
-    job = service.create_job(
+    fields = body.parse(DetectUpload, HubDetectRequest)
+    submitted = service.submit(
         session,
-        child,
-        {
-            "method": fields.method,
-            "register_as_parent": fields.register_as_parent,
-            "declared": [d.to_dict() for d in declared],
-        },
+        settings,
+        dispatcher,
+        model_source(fields, body.uploads()),
+        name=getattr(fields, "name", None),
+        method=fields.method,
+        register_as_parent=fields.register_as_parent,
     )
-    # Commit before enqueueing, so a worker never looks for a row that is not there yet.
-    session.commit()
-    if created:
+    if submitted.child_created:
         metrics.models_registered.labels("child").inc()
     metrics.jobs_created.inc()
-    try:
-        dispatcher.enqueue(job.id)
-    except Exception as exc:
-        log.exception("could not enqueue job %s", job.id)
-        job.status, job.finished_at = "failed", utcnow()
-        job.error = {"code": QueueUnavailable.code, "message": "the job could not be queued"}
-        session.commit()
-        raise QueueUnavailable(
-            f"job {job.id} was stored but the workers cannot be reached ({type(exc).__name__}); "
-            "try again later"
-        ) from None
-    response.headers["Location"] = f"/jobs/{job.id}"
-    return {"job_id": job.id}
+    response.headers["Location"] = f"/jobs/{submitted.job.id}"
+    return {"job_id": submitted.job.id}
 
 
 @router.get(
@@ -126,11 +81,7 @@ def detect(
 def get_job(job_id: str, session: SessionDep) -> dict:
     """Status (queued, running, succeeded, failed), progress, error, and once succeeded the
     result: the decision and the candidates ranked best first with per-method scores."""
-    job = session.get(Job, job_id)
-    if job is None:
-        raise UnknownJob(f"no job with id {job_id!r}")
-    child = session.get(Model, job.child_id) if job.child_id is not None else None
-    return service.to_dict(job, child.name if child is not None else None)
+    return service.get_job(session, job_id)
 
 
 @router.get("/audit", summary="Detections by audit verdict (the operator's review queue)")

@@ -9,3 +9,11 @@ class UnknownJob(LineageError):
     """No detection job has that id."""
 
     code = "unknown_job"
+    status = 404
+
+
+class QueueUnavailable(LineageError):
+    """A job was stored but could not be handed to the workers (the broker is down)."""
+
+    code = "queue_unavailable"
+    status = 503

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base, utcnow
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed")
+
+class JobState(StrEnum):
+    """Where a job is in its life (stored as its value, the public ``status`` string)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+# A job in one of these may still be (or be again) picked up by a worker.
+UNFINISHED = (JobState.QUEUED, JobState.RUNNING)
 
 
 class Job(Base):
@@ -19,7 +31,7 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED, index=True)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     child_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
     request: Mapped[dict | None] = mapped_column(JSON)

@@ -1,130 +1,284 @@
-"""Detection jobs: create, claim, run, describe. No HTTP and no Celery here.
+"""Detection jobs: submit, run, describe. No HTTP, no Celery and no commit here.
 
-A job's life: ``queued`` (created by the API in the same transaction as the child's record;
-enqueued only after that commits) → ``running`` (claimed by one atomic UPDATE, which also counts
-the attempt) → ``succeeded`` with its result and edge written in one transaction, or ``failed``
-with ``{"code", "message"}``. Running a job twice is safe: a finished job is never claimed again,
-and the edge write is an upsert of the (parent, child) pair. A job left ``running`` by a worker
-that died is claimable again, so the broker's redelivery (``acks_late``) finishes it.
+A job's life: ``queued`` (``submit`` stores the child and the job in the caller's transaction and
+hands the job to the dispatcher only once that commits) → ``running`` (``claim``: one atomic
+UPDATE, which also counts the attempt) → ``succeeded`` (``score`` runs the engine outside any
+transaction; ``record`` writes the result, the edges and the audit in one transaction), or
+``failed`` with ``{"code", "message"}``. Running a job twice is safe: a finished job is never
+claimed again, and an edge write is an upsert of its (parent, child) pair. A job left
+``running`` by a worker that died is claimable again, so the broker's redelivery (``acks_late``)
+finishes it.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.db import transaction, utcnow
+from app.core.config import Settings
+from app.core.db import after_commit, transaction, utcnow
 from app.detection.audit import audit_verdict
-from app.detection.models import Job
+from app.detection.dispatch import Dispatcher
+from app.detection.errors import QueueUnavailable, UnknownJob
+from app.detection.models import Job, JobState
+from app.detection.repository import JobRepository
 from app.engine.architectures import open_model
 from app.engine.decision import rank_candidates
-from app.engine.errors import LineageError
+from app.engine.errors import LineageError, UnknownMethod
+from app.engine.methods import AUTO, method_names
 from app.hub.declared import DeclaredParent, declared_parents
-from app.lineage.errors import CycleRefused, SelfEdge
-from app.lineage.repository import LineageRepository
+from app.lineage import service as lineage
+from app.registry import service as registry
 from app.registry.models import Model
-from app.registry.service import candidates, get_by_name
+from app.registry.service import ModelSource
 
 log = logging.getLogger(__name__)
 
-
-def create_job(session: Session, child: Model, request: dict) -> Job:
-    """A queued job for ``child`` (the caller commits, then enqueues ``job.id``)."""
-    job = Job(id=str(uuid.uuid4()), status="queued", child_id=child.id, request=request)
-    session.add(job)
-    session.flush()
-    return job
+# Progress once the models are open, and once they are scored.
+LOADED_PROGRESS = 0.3
+SCORED_PROGRESS = 0.9
 
 
-def claim(session: Session, job_id: str) -> Job | None:
-    """Atomically mark the job running and count the attempt; None if it is already finished
-    (or unknown). A job still ``running`` is claimable: its previous worker died."""
-    claimed = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(("queued", "running")))
-        .values(status="running", attempts=Job.attempts + 1, started_at=utcnow(), progress=0.05)
-    ).rowcount
-    return session.get(Job, job_id) if claimed else None
+@dataclass(frozen=True)
+class Submitted:
+    """What ``submit`` did: the queued job, and whether the child's record is new."""
+
+    job: Job
+    child_created: bool
 
 
-def _fail(factory: sessionmaker[Session], job_id: str, code: str, message: str) -> None:
+def check_method(method: str) -> None:
+    """``UnknownMethod`` (listing the valid names) unless the engine accepts ``method``."""
+    if method not in method_names():
+        raise UnknownMethod(
+            f"unknown method {method!r}; choose one of: {', '.join(method_names())}"
+        )
+
+
+def submit(
+    session: Session,
+    settings: Settings,
+    dispatcher: Dispatcher,
+    source: ModelSource,
+    *,
+    name: str | None = None,
+    method: str = AUTO,
+    register_as_parent: bool = False,
+) -> Submitted:
+    """Store the child (``registry.ingest``) and queue a detection job for it.
+
+    The method is checked before anything is stored, so a typo leaves no model behind. The child
+    is not a candidate yet: the job makes it one after detection when ``register_as_parent``, so
+    it is never scored against itself or offered as a parent before its own lineage is known.
+    The job reaches ``dispatcher`` once the caller's transaction commits, so a worker never looks
+    for a row that is not there; if it cannot, the job is marked failed and ``QueueUnavailable``
+    comes out of the commit.
+    """
+    check_method(method)
+    child = registry.ingest(session, settings, source, name=name, candidate=False)
+    request = {
+        "method": method,
+        "register_as_parent": register_as_parent,
+        "declared": [d.to_dict() for d in child.declared],
+    }
+    job = JobRepository(session).add(
+        Job(id=str(uuid.uuid4()), status=JobState.QUEUED, child_id=child.model.id, request=request)
+    )
+    after_commit(session, partial(_hand_over, session.get_bind(), dispatcher, job.id))
+    return Submitted(job, child.created)
+
+
+def _hand_over(bind, dispatcher: Dispatcher, job_id: str) -> None:
+    try:
+        dispatcher.enqueue(job_id)
+    except Exception as exc:
+        log.exception("could not enqueue job %s", job_id)
+        with Session(bind) as session, session.begin():
+            _mark_failed(session, job_id, QueueUnavailable.code, "the job could not be queued")
+        raise QueueUnavailable(
+            f"job {job_id} was stored but the workers cannot be reached ({type(exc).__name__}); "
+            "try again later"
+        ) from None
+
+
+def _mark_failed(session: Session, job_id: str, code: str, message: str) -> None:
+    job = JobRepository(session).get(job_id)
+    if job is not None and job.status != JobState.SUCCEEDED:
+        job.status, job.finished_at = JobState.FAILED, utcnow()
+        job.error = {"code": code, "message": message}
+
+
+# Running a job: claim, score, record -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A claimed job, with what scoring needs read out of the database: the child's id, name
+    and files, the request, and the catalog's candidate parents as (name, files)."""
+
+    job_id: str
+    child_id: int
+    child_name: str
+    child_path: str
+    request: dict
+    catalog: list[tuple[str, str]]
+
+
+def claim(factory: sessionmaker[Session], job_id: str) -> Claimed | None:
+    """Claim the job in its own transaction; None when there is nothing to run (finished,
+    unknown, or its child was deleted: then it is marked failed)."""
     with transaction(factory) as session:
-        job = session.get(Job, job_id)
-        if job is not None and job.status != "succeeded":
-            job.status, job.error, job.finished_at = (
-                "failed",
-                {"code": code, "message": message},
-                utcnow(),
-            )
+        job = JobRepository(session).claim(job_id)
+        if job is None:
+            return None
+        child = registry.get_by_id(session, job.child_id)
+        if child is None:
+            _mark_failed(session, job_id, "unknown_model", "the job's model was deleted")
+            return None
+        catalog = [(m.name, m.storage_path) for m in registry.candidates(session, child.id)]
+        return Claimed(
+            job_id, child.id, child.name, child.storage_path, dict(job.request or {}), catalog
+        )
 
 
 def report_progress(factory: sessionmaker[Session], job_id: str, value: float) -> None:
     """Record a running job's progress (0–1) in its own short transaction."""
     with transaction(factory) as session:
-        session.execute(
-            update(Job).where(Job.id == job_id, Job.status == "running").values(progress=value)
+        JobRepository(session).set_progress(job_id, value)
+
+
+def empty_catalog_result(child: str) -> dict:
+    """The result of a job whose catalog holds no candidate parent."""
+    return {
+        "child": child,
+        "decision": {
+            "parent": None,
+            "confidence": 1.0,
+            "method": AUTO,
+            "best": None,
+            "margin": 0.0,
+            "calibrated": False,
+        },
+        "candidates": [],
+        "skipped": [],
+        "note": "the catalog holds no candidate parents",
+    }
+
+
+def score(claimed: Claimed, device: str, progress: Callable[[float], None]) -> dict:
+    """Open the child and its candidates and rank them with the engine: the job's result.
+    Raises what the engine raises (``LineageError`` for bad input, ``OSError`` for files)."""
+    child = open_model(claimed.child_path, claimed.child_name)
+    parents = [open_model(path, name) for name, path in claimed.catalog]
+    progress(LOADED_PROGRESS)
+    if not parents:
+        return empty_catalog_result(claimed.child_name)
+    method = claimed.request.get("method", AUTO)
+    result = rank_candidates(child, parents, method, device=device).to_dict()
+    progress(SCORED_PROGRESS)
+    return result
+
+
+def record(factory: sessionmaker[Session], claimed: Claimed, result: dict) -> None:
+    """Write the result, the audit and the edges in one transaction (nothing if another
+    delivery of the job finished it first).
+
+    The inferred parent gets an edge with the decision's scores; declared parents in the catalog
+    that the weights did not confirm get declared edges, so the family tree shows the claim
+    beside the finding. Each edge's evidence carries the job's audit verdict, which the family
+    tree shows on the edge. Edges the graph refuses (a cycle) are listed in the result."""
+    request = claimed.request
+    if "declared" in request:  # what the request's own files declared
+        declared = [DeclaredParent(**d) for d in request["declared"]]
+    else:
+        declared = declared_parents(Path(claimed.child_path))
+    with transaction(factory) as session:
+        job = JobRepository(session).get(claimed.job_id)
+        if job is None or job.status == JobState.SUCCEEDED:
+            return
+        child = registry.get_by_id(session, claimed.child_id)
+        decision = result["decision"]
+        catalog = registry.catalog_names(session, [d.name for d in declared])
+        audit = audit_verdict(decision["parent"], declared, catalog, decision)
+        stamp = {"audit": {"verdict": audit["verdict"], "job_id": claimed.job_id}}
+        declared_in_catalog = {catalog[d.name]: d for d in declared if d.name in catalog}
+        refused = []
+
+        def write_edge(parent: Model, **fields) -> None:
+            refusal = lineage.add_edge(session, parent, child, **fields)
+            if refusal is not None:
+                refused.append(refusal)
+
+        if decision["parent"] is not None:
+            parent = registry.get_by_name(session, decision["parent"])
+            best = next(c for c in result["candidates"] if c["parent"] == decision["parent"])
+            also_declared = declared_in_catalog.pop(parent.name, None)
+            write_edge(
+                parent,
+                score=decision["confidence"],
+                method=decision["method"],
+                scores=best["scores"],
+                evidence={
+                    **{k: decision[k] for k in ("confidence", "margin", "calibrated")},
+                    **stamp,
+                },
+                relation=also_declared.relation if also_declared else "finetune",
+                declared=also_declared is not None,
+            )
+        for name, stated in declared_in_catalog.items():
+            write_edge(
+                registry.get_by_name(session, name),
+                relation=stated.relation,
+                declared=True,
+                evidence={"source": stated.source, **stamp},
+            )
+        if refused:
+            result["edges_refused"] = refused
+        result["audit"] = audit
+        if request.get("register_as_parent"):
+            registry.promote(session, claimed.child_id)
+        job.status, job.result, job.progress, job.finished_at = (
+            JobState.SUCCEEDED,
+            result,
+            1.0,
+            utcnow(),
         )
+        job.verdict = audit["verdict"]
+
+
+def fail(factory: sessionmaker[Session], job_id: str, code: str, message: str) -> None:
+    """Mark the job failed with ``{"code", "message"}`` in its own transaction (unless another
+    delivery already finished it)."""
+    with transaction(factory) as session:
+        _mark_failed(session, job_id, code, message)
 
 
 def run_job(factory: sessionmaker[Session], job_id: str, *, device: str = "cpu") -> None:
-    """Claim and run one job; its outcome is written to the database, never raised."""
-
-    def progress(value: float) -> None:
-        report_progress(factory, job_id, value)
-
-    with transaction(factory) as session:
-        job = claim(session, job_id)
-        if job is None:
-            return
-        child = session.get(Model, job.child_id)
-        if child is None:
-            job.status, job.finished_at = "failed", utcnow()
-            job.error = {"code": "unknown_model", "message": "the job's model was deleted"}
-            return
-        request = dict(job.request or {})
-        child_row = (child.id, child.name, child.storage_path)
-        catalog = [(m.name, m.storage_path) for m in candidates(session, child.id)]
+    """Claim, score and record one job; its outcome is written to the database. Bad input fails
+    the job; a bug or a time limit fails it too and is raised for the caller to log."""
+    claimed = claim(factory, job_id)
+    if claimed is None:
+        return
     try:
-        child_model = open_model(child_row[2], child_row[1])
-        parents = [open_model(path, name) for name, path in catalog]
-        progress(0.3)
-        if parents:
-            ranking = rank_candidates(
-                child_model, parents, request.get("method", "auto"), device=device
-            )
-            result = ranking.to_dict()
-        else:
-            result = {
-                "child": child_row[1],
-                "decision": {
-                    "parent": None,
-                    "confidence": 1.0,
-                    "method": "auto",
-                    "best": None,
-                    "margin": 0.0,
-                    "calibrated": False,
-                },
-                "candidates": [],
-                "skipped": [],
-                "note": "the catalog holds no candidate parents",
-            }
-        progress(0.9)
+        result = score(claimed, device, partial(report_progress, factory, job_id))
     except LineageError as exc:
-        _fail(factory, job_id, exc.code, exc.message)
+        fail(factory, job_id, exc.code, exc.message)
         return
     except OSError as exc:
-        _fail(factory, job_id, "storage_error", f"cannot read model files: {exc}")
+        fail(factory, job_id, "storage_error", f"cannot read model files: {exc}")
         return
     except Exception as exc:
         # A bug or a time limit (Celery's SoftTimeLimitExceeded): the job must not stay
         # "running" forever; record the failure, and let the caller see the exception.
         log.exception("detection job %s crashed", job_id)
         timed_out = type(exc).__name__ == "SoftTimeLimitExceeded"
-        _fail(
+        fail(
             factory,
             job_id,
             "time_limit" if timed_out else "internal",
@@ -133,84 +287,28 @@ def run_job(factory: sessionmaker[Session], job_id: str, *, device: str = "cpu")
             else f"detection crashed: {type(exc).__name__}",
         )
         raise
-    if "declared" in request:  # what the request's own files declared
-        declared = [DeclaredParent(**d) for d in request["declared"]]
-    else:
-        declared = declared_parents(Path(child_row[2]))
-    with transaction(factory) as session:
-        job = session.get(Job, job_id)
-        if job is None or job.status == "succeeded":
-            return  # another delivery finished it first
-        decision = result["decision"]
-        repository = LineageRepository(session)
-        refused = []
-
-        def write_edge(parent: Model, **fields) -> None:
-            try:
-                with session.begin_nested():
-                    repository.add_edge(parent.id, child_row[0], **fields)
-            except (CycleRefused, SelfEdge) as exc:
-                refused.append({"parent": parent.name, "code": exc.code, "message": exc.message})
-
-        catalog = catalog_names(session, [d.name for d in declared])
-        declared_in_catalog = {catalog[d.name]: d for d in declared if d.name in catalog}
-        if decision["parent"] is not None:
-            parent = get_by_name(session, decision["parent"])
-            best = next(c for c in result["candidates"] if c["parent"] == decision["parent"])
-            also_declared = declared_in_catalog.pop(parent.name, None)
-            write_edge(
-                parent,
-                score=decision["confidence"],
-                method=decision["method"],
-                scores=best["scores"],
-                evidence={k: decision[k] for k in ("confidence", "margin", "calibrated")},
-                relation=also_declared.relation if also_declared else "finetune",
-                declared=also_declared is not None,
-            )
-        # Declared parents the weights did not confirm still enter the graph, marked declared,
-        # so the family tree shows what the uploader claimed beside what was found.
-        for name, stated in declared_in_catalog.items():
-            write_edge(
-                get_by_name(session, name),
-                relation=stated.relation,
-                declared=True,
-                evidence={"source": stated.source},
-            )
-        if refused:
-            result["edges_refused"] = refused
-        result["audit"] = audit_verdict(decision["parent"], declared, catalog, decision)
-        if request.get("register_as_parent"):
-            session.get(Model, child_row[0]).is_candidate = True
-        job.status, job.result, job.progress, job.finished_at = "succeeded", result, 1.0, utcnow()
-        job.verdict = result["audit"]["verdict"]
+    record(factory, claimed, result)
 
 
-def catalog_names(session: Session, names: list[str]) -> dict[str, str]:
-    """Map each of ``names`` that a catalog model carries as its name or hub ID to that model's
-    name."""
-    if not names:
-        return {}
-    found: dict[str, str] = {}
-    models = session.scalars(
-        select(Model).where(or_(Model.name.in_(names), Model.hub_id.in_(names)))
-    )
-    for model in models:
-        for name in names:
-            if name in (model.name, model.hub_id):
-                found.setdefault(name, model.name)
-    return found
+# Reading jobs ------------------------------------------------------------------------------
+
+
+def unfinished_job_ids(session: Session) -> list[str]:
+    """Jobs left queued or running (by a process that stopped), oldest first."""
+    return JobRepository(session).unfinished_ids()
+
+
+def get_job(session: Session, job_id: str) -> dict:
+    """The public JSON of job ``job_id`` (``GET /jobs/{id}``); ``UnknownJob`` if none."""
+    job = JobRepository(session).get(job_id)
+    if job is None:
+        raise UnknownJob(f"no job with id {job_id!r}")
+    child = registry.get_by_id(session, job.child_id)
+    return to_dict(job, child.name if child is not None else None)
 
 
 def audit_list(session: Session, verdict: str, limit: int, offset: int) -> list[dict]:
     """Finished jobs with this audit verdict, newest first: an operator's review queue."""
-    rows = session.execute(
-        select(Job, Model.name)
-        .join(Model, Job.child_id == Model.id)
-        .where(Job.verdict == verdict)
-        .order_by(Job.finished_at.desc(), Job.id)
-        .limit(limit)
-        .offset(offset)
-    ).all()
     return [
         {
             "job_id": job.id,
@@ -221,8 +319,23 @@ def audit_list(session: Session, verdict: str, limit: int, offset: int) -> list[
             "confidence": (job.result or {}).get("audit", {}).get("confidence"),
             "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         }
-        for job, name in rows
+        for job, name in JobRepository(session).with_verdict(verdict, limit, offset)
     ]
+
+
+def recent_jobs(session: Session, limit: int) -> list[dict]:
+    """The ``limit`` newest jobs as their public JSON, newest first."""
+    return [to_dict(job, name) for job, name in JobRepository(session).recent(limit)]
+
+
+def latest_verdicts(session: Session, model_ids) -> dict[int, str]:
+    """The audit verdict of each model's newest succeeded job, by model id."""
+    verdicts = {}
+    for model_id, result in JobRepository(session).latest_results(model_ids).items():
+        verdict = (result.get("audit") or {}).get("verdict")
+        if isinstance(verdict, str):
+            verdicts[model_id] = verdict
+    return verdicts
 
 
 def to_dict(job: Job, child_name: str | None) -> dict:

@@ -2,7 +2,9 @@
 
 Each fault has its own type, raised where it is found; the edges (CLI, HTTP) turn them into a
 message and an exit code or status in one place. `code` is the stable machine-readable name used in
-`{"error": {"code": ..., "message": ...}}`.
+`{"error": {"code": ..., "message": ...}}`; `status` is the HTTP status the API answers it with
+(400 unless a type says otherwise), carried by the type so that the API's error mapping needs to
+know no domain (the command line ignores it).
 """
 
 
@@ -10,6 +12,7 @@ class LineageError(Exception):
     """Base of every error the engine raises on bad input."""
 
     code = "lineage_error"
+    status = 400
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -62,6 +65,7 @@ class ModelTooLarge(LineageError):
     """Weights above the configured size limit."""
 
     code = "model_too_large"
+    status = 413
 
 
 class InvalidConfig(LineageError):

@@ -36,14 +36,17 @@ class HubError(LineageError):
 
 class UnknownHubModel(HubError):
     code = "hub_unknown_model"
+    status = 404
 
 
 class GatedHubModel(HubError):
     code = "hub_gated"
+    status = 403
 
 
 class HubOffline(HubError):
     code = "hub_offline"
+    status = 503
 
 
 class NoSafetensors(HubError):

@@ -1,25 +1,39 @@
-"""HTTP endpoints of the lineage graph: a model's family tree, as JSON for programs and as a
-drawn page for browsers (content negotiation on ``Accept``)."""
+"""HTTP endpoints of the lineage graph: a model's family tree as JSON, and a model with its
+direct family. (Browsers asking for ``/lineage/{name}`` get the drawn page, served by
+``app.web.endpoints``, whose route matches only requests that prefer HTML.)
+
+``GET /models/{name}`` lives here rather than in the catalog because it joins a record with its
+edges, and the graph sits above the catalog."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Response
 
-from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import HTMLResponse
+from app.core.deps import SessionDep, SettingsDep
+from app.lineage import service
+from app.lineage.schemas import DEFAULT_DEPTH, DEFAULT_WIDTH, DepthQuery, FamilyTree, WidthQuery
+from app.registry.schemas import ModelDetail
 
-from app.api.deps import SessionDep, SettingsDep
-from app.lineage.schemas import FamilyTree
-from app.lineage.service import family_tree
-from app.web.endpoints import family_page_response, prefers_html
-from app.web.pages import DEFAULT_DEPTH, DEFAULT_WIDTH, MAX_WIDTH
+router = APIRouter()
 
-router = APIRouter(tags=["lineage"])
+
+@router.get(
+    "/models/{name:path}",
+    response_model=ModelDetail,
+    tags=["catalog"],
+    summary="Show a model",
+    responses={404: {"description": "No model has that name"}},
+)
+def get_model(name: str, session: SessionDep) -> dict:
+    """A model's record with the edges into it and its children's names (`name` may contain
+    `/`, e.g. `GET /models/org/name`)."""
+    return service.model_detail(session, name)
 
 
 @router.get(
     "/lineage/{name:path}",
     response_model=FamilyTree,
+    tags=["lineage"],
     summary="A model's family tree",
     responses={
         200: {
@@ -32,22 +46,12 @@ router = APIRouter(tags=["lineage"])
 )
 def get_lineage(
     name: str,
-    request: Request,
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
-    depth: Annotated[
-        int,
-        Query(
-            ge=1,
-            le=256,
-            description="HTML page only: generations drawn each way (at most MAX_LINEAGE_DEPTH).",
-        ),
-    ] = DEFAULT_DEPTH,
-    width: Annotated[
-        int, Query(ge=1, le=MAX_WIDTH, description="HTML page only: models drawn per level.")
-    ] = DEFAULT_WIDTH,
-) -> dict | HTMLResponse:
+    depth: DepthQuery = DEFAULT_DEPTH,
+    width: WidthQuery = DEFAULT_WIDTH,
+) -> dict:
     """Ancestors and descendants of a model (up to `MAX_LINEAGE_DEPTH` edges away) and the edges
     among them, each with its score, method and whether it was declared. `name` may contain `/`.
 
@@ -56,6 +60,4 @@ def get_lineage(
     """
     # Caches must keep the two representations of this URL apart.
     response.headers["Vary"] = "Accept"
-    if prefers_html(request.headers.get("accept")):
-        return family_page_response(session, name, depth, width, settings.max_lineage_depth)
-    return family_tree(session, name, settings.max_lineage_depth)
+    return service.family_tree(session, name, settings.max_lineage_depth)

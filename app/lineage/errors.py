@@ -15,3 +15,4 @@ class CycleRefused(LineageError):
     """An edge that would make a model its own ancestor."""
 
     code = "cycle"
+    status = 409

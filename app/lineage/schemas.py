@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from fastapi import Query
 from pydantic import BaseModel, Field
+
+# How much of a family the page browsers get at ``GET /lineage/{name}`` draws by default, and
+# at most per level; the route of either representation takes and validates them.
+DEFAULT_DEPTH = 3
+DEFAULT_WIDTH = 12
+MAX_WIDTH = 500
+DepthQuery = Annotated[
+    int,
+    Query(
+        ge=1,
+        le=256,
+        description="HTML page only: generations drawn each way (at most MAX_LINEAGE_DEPTH).",
+    ),
+]
+WidthQuery = Annotated[
+    int, Query(ge=1, le=MAX_WIDTH, description="HTML page only: models drawn per level.")
+]
 
 
 class RelativeOut(BaseModel):

@@ -1,4 +1,5 @@
-"""HTTP endpoints of the catalog: register parents, list and show models."""
+"""HTTP endpoints of the catalog: register parents, list models. (One model with its edges,
+``GET /models/{name}``, is served by ``app.lineage.endpoints``.)"""
 
 from __future__ import annotations
 
@@ -6,24 +7,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import (
-    MetricsDep,
-    ModelRequestDep,
-    SessionDep,
-    SettingsDep,
-    model_request_body,
-    validate_body,
-)
-from app.lineage.repository import LineageRepository
+from app.core.deps import MetricsDep, ModelRequestDep, SessionDep, SettingsDep, model_request_body
 from app.registry import service
 from app.registry.schemas import (
     HubModelRequest,
-    ModelDetail,
     ModelPage,
     ParentUpload,
     RegisteredModel,
+    model_source,
 )
-from app.registry.storage import store_hub_model
 
 router = APIRouter(tags=["catalog"])
 
@@ -58,30 +50,16 @@ def register_parent(
     with the existing record instead of a duplicate. JSON `{"hub_id", "revision"}` registers a
     Hugging Face hub model under its hub ID, pinned to the commit the revision resolves to.
     """
-    if body.is_json:
-        request = validate_body(HubModelRequest, body.json)
-        hub, folder, loaded, fresh = store_hub_model(settings, request.hub_id, request.revision)
-        record, created = service.register_stored(
-            session,
-            loaded,
-            folder,
-            fresh,
-            hub.hub_id,
-            candidate=True,
-            hub_id=hub.hub_id,
-            revision=hub.revision,
-        )
-    else:
-        fields = body.form(ParentUpload)
-        folder, loaded, fresh, _ = body.store(settings)
-        record, created = service.register_stored(
-            session, loaded, folder, fresh, fields.name, candidate=True
-        )
-    if created:
+    fields = body.parse(ParentUpload, HubModelRequest)
+    name = getattr(fields, "name", None)
+    ingested = service.ingest(
+        session, settings, model_source(fields, body.uploads()), name=name, candidate=True
+    )
+    if ingested.created:
         metrics.models_registered.labels("parent").inc()
     else:
         response.status_code = 200
-    return {**service.to_dict(record), "created": created}
+    return {**service.to_dict(ingested.model), "created": ingested.created}
 
 
 @router.get("/models", response_model=ModelPage, summary="List models")
@@ -100,33 +78,4 @@ def get_models(
         "total": total,
         "limit": limit,
         "offset": offset,
-    }
-
-
-@router.get(
-    "/models/{name:path}",
-    response_model=ModelDetail,
-    summary="Show a model",
-    responses={404: {"description": "No model has that name"}},
-)
-def get_model(name: str, session: SessionDep) -> dict:
-    """A model's record with the edges into it and its children's names (`name` may contain
-    `/`, e.g. `GET /models/org/name`)."""
-    model = service.get_by_name(session, name)
-    repository = LineageRepository(session)
-    parents = {r.model.id: r.model.name for r in repository.ancestors(model.id, max_depth=1)}
-    children = repository.descendants(model.id, max_depth=1)
-    return {
-        **service.to_dict(model),
-        "parents": [
-            {
-                "parent": parents[edge.parent_id],
-                "score": edge.score,
-                "method": edge.method,
-                "relation": edge.relation,
-                "declared": edge.declared,
-            }
-            for edge in repository.parents_of(model.id)
-        ],
-        "children": [r.model.name for r in children],
     }

@@ -15,9 +15,11 @@ class NameTaken(LineageError):
     """A name already given to other weights."""
 
     code = "name_taken"
+    status = 409
 
 
 class UnknownModel(LineageError):
     """No registered model has that name."""
 
     code = "unknown_model"
+    status = 404

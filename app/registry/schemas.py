@@ -3,9 +3,11 @@ return. The records themselves are built by ``app.registry.service.to_dict``."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from app.registry.service import HubReference, ModelSource, Upload
 
 # Hub-style names: ``name`` or ``org/name`` (more segments allowed); every segment starts with a
 # letter, digit or underscore, so there are no empty, ``.`` or ``..`` segments and no spaces.
@@ -83,3 +85,11 @@ class HubModelRequest(BaseModel):
     revision: str | None = Field(
         None, max_length=100, description="Branch, tag or commit; resolved to a commit hash."
     )
+
+
+def model_source(fields: BaseModel, uploads: list[tuple[str | None, BinaryIO]]) -> ModelSource:
+    """What a parsed ``POST /parents`` or ``POST /detect`` body names: the hub model of a JSON
+    body (``HubModelRequest`` or a subclass), else the uploaded files."""
+    if isinstance(fields, HubModelRequest):
+        return HubReference(fields.hub_id, fields.revision)
+    return Upload(uploads)

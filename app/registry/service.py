@@ -1,25 +1,103 @@
-"""Registering models in the catalog (no HTTP here; the caller's session commits)."""
+"""The catalog's logic: ingesting models (upload or hub ID) and reading records. No HTTP here,
+no commit: the caller's session commits, and SQL lives in ``repository``.
+
+``ingest`` is the one way into the catalog, for ``POST /parents`` and ``POST /detect`` alike:
+stage the files (streamed upload, or a hub snapshot pinned to a commit), read what they declare,
+validate them with the engine, move them to their content address, and create or find the
+record. A refused model leaves no files and no row behind.
+"""
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.core.config import Settings
 from app.engine.model_files import LoadedModel
+from app.hub.declared import DeclaredParent, declared_parents
+from app.hub.resolve import resolve_with_settings
 from app.registry.errors import NameTaken, UnknownModel
 from app.registry.models import Model
+from app.registry.repository import ModelRepository
+from app.registry.storage import commit_staged, stage_folder, stage_upload
 
 
-def get_by_name(session: Session, name: str) -> Model:
-    """The model called ``name``; ``UnknownModel`` if none is."""
-    model = session.scalars(select(Model).where(Model.name == name)).first()
-    if model is None:
-        raise UnknownModel(f"no model named {name!r} is registered")
-    return model
+@dataclass(frozen=True)
+class Upload:
+    """A model sent as its files: (file name as the client gave it, readable stream) pairs."""
+
+    files: list[tuple[str | None, BinaryIO]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HubReference:
+    """A model named by its Hugging Face hub ID, at ``revision`` (default: main)."""
+
+    hub_id: str
+    revision: str | None = None
+
+
+ModelSource = Upload | HubReference
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What ``ingest`` did: the record, whether this call created it, and the parents that this
+    request's own files declare (read before storage dedupes the weights: the same weights stored
+    earlier keep their first files, but this upload's model card is what this request says)."""
+
+    model: Model
+    created: bool
+    declared: list[DeclaredParent]
+
+
+def default_name(loaded: LoadedModel) -> str:
+    """The name of an upload that came without one: ``upload-<first 12 hex of its SHA-256>``."""
+    return f"upload-{loaded.sha256[:12]}"
+
+
+def ingest(
+    session: Session,
+    settings: Settings,
+    source: ModelSource,
+    *,
+    name: str | None,
+    candidate: bool,
+) -> Ingested:
+    """Store, validate and register a model; the same weights twice give the existing record.
+
+    ``name``: an upload's name (None: ``default_name``); a hub model is always named by its hub
+    ID and pinned to the commit its revision resolves to. ``candidate``: whether the record is a
+    catalog parent that new children are scored against.
+    """
+    hub_id = revision = None
+    if isinstance(source, HubReference):
+        hub = resolve_with_settings(settings, source.hub_id, source.revision)
+        staging = stage_folder(settings.storage_dir, hub.folder, settings.max_model_bytes)
+        name, hub_id, revision = hub.hub_id, hub.hub_id, hub.revision
+    else:
+        staging = stage_upload(settings.storage_dir, source.files, settings.max_model_bytes)
+    declared = declared_parents(staging)
+    folder, loaded, fresh = commit_staged(settings.storage_dir, staging, settings.max_model_bytes)
+    try:
+        model, created = register(
+            session,
+            loaded,
+            folder,
+            name or default_name(loaded),
+            candidate=candidate,
+            hub_id=hub_id,
+            revision=revision,
+        )
+    except NameTaken:
+        if fresh:  # weights this request stored for a record that was refused
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return Ingested(model, created, declared)
 
 
 def register(
@@ -32,18 +110,19 @@ def register(
     hub_id: str | None = None,
     revision: str | None = None,
 ) -> tuple[Model, bool]:
-    """The catalog record of these weights, created if new: (record, created).
+    """The catalog record of these stored weights, created if new: (record, created).
 
     The same weights registered again return the existing record (under its first name); asking
     for them as a candidate parent makes the record one. A name already used by other weights
     raises ``NameTaken``.
     """
-    existing = session.scalars(select(Model).where(Model.sha256 == loaded.sha256)).first()
+    repository = ModelRepository(session)
+    existing = repository.by_sha256(loaded.sha256)
     if existing is not None:
         if candidate and not existing.is_candidate:
             existing.is_candidate = True
         return existing, False
-    if session.scalars(select(Model.id).where(Model.name == name)).first() is not None:
+    if repository.name_is_taken(name):
         raise NameTaken(f"the name {name!r} is already registered for other weights")
     record = Model(
         name=name,
@@ -57,51 +136,59 @@ def register(
         storage_path=str(folder),
         is_candidate=candidate,
     )
-    try:
-        # A savepoint: a concurrent registration of the same weights or name makes this insert
-        # fail on a unique constraint; the outer transaction survives and we answer as if we
-        # had come second.
-        with session.begin_nested():
-            session.add(record)
-    except IntegrityError:
-        winner = session.scalars(select(Model).where(Model.sha256 == loaded.sha256)).first()
-        if winner is not None:
-            return winner, False
-        raise NameTaken(f"the name {name!r} is already registered for other weights") from None
-    return record, True
+    if repository.insert(record):
+        return record, True
+    # A concurrent registration won the race: answer as if we had come second.
+    winner = repository.by_sha256(loaded.sha256)
+    if winner is not None:
+        return winner, False
+    raise NameTaken(f"the name {name!r} is already registered for other weights")
 
 
-def register_stored(
-    session: Session,
-    loaded: LoadedModel,
-    folder: Path,
-    fresh: bool,
-    name: str,
-    *,
-    candidate: bool,
-    hub_id: str | None = None,
-    revision: str | None = None,
-) -> tuple[Model, bool]:
-    """``register`` for weights just stored by ``storage.commit_staged``: when the record is
-    refused (the name is taken), weights this upload stored are removed again, so a refused
-    upload leaves no files behind."""
-    try:
-        return register(
-            session, loaded, folder, name, candidate=candidate, hub_id=hub_id, revision=revision
-        )
-    except NameTaken:
-        if fresh:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
+def get_by_name(session: Session, name: str) -> Model:
+    """The model called ``name``; ``UnknownModel`` if none is."""
+    model = ModelRepository(session).by_name(name)
+    if model is None:
+        raise UnknownModel(f"no model named {name!r} is registered")
+    return model
+
+
+def get_by_id(session: Session, model_id: int | None) -> Model | None:
+    """The model with this id, or None (deleted, or no id)."""
+    return ModelRepository(session).by_id(model_id) if model_id is not None else None
+
+
+def names_of(session: Session, ids) -> dict[int, str]:
+    """Names by id of the models among ``ids`` that exist."""
+    return ModelRepository(session).names_of(ids)
+
+
+def promote(session: Session, model_id: int) -> None:
+    """Make the model a catalog parent that new children are scored against."""
+    model = ModelRepository(session).by_id(model_id)
+    if model is not None:
+        model.is_candidate = True
 
 
 def candidates(session: Session, exclude_id: int) -> list[Model]:
     """Every catalog parent except the model itself, oldest first."""
-    return list(
-        session.scalars(
-            select(Model).where(Model.is_candidate, Model.id != exclude_id).order_by(Model.id)
-        )
-    )
+    return ModelRepository(session).candidates(exclude_id)
+
+
+def catalog_names(session: Session, names: list[str]) -> dict[str, str]:
+    """Map each of ``names`` that a catalog model carries as its name or hub ID to that model's
+    name."""
+    found: dict[str, str] = {}
+    for model in ModelRepository(session).matching_names_or_hub_ids(names):
+        for name in names:
+            if name in (model.name, model.hub_id):
+                found.setdefault(name, model.name)
+    return found
+
+
+def list_models(session: Session, q: str | None, limit: int, offset: int) -> tuple[list, int]:
+    """A page of models whose names contain ``q``, newest first, and how many match."""
+    return ModelRepository(session).page(q, limit, offset)
 
 
 def to_dict(model: Model) -> dict:
@@ -117,21 +204,3 @@ def to_dict(model: Model) -> dict:
         "is_candidate": model.is_candidate,
         "created_at": model.created_at.isoformat() if model.created_at else None,
     }
-
-
-def _matching(q: str | None):
-    query = select(Model)
-    if q:
-        # Escape LIKE's wildcards so `q` is a literal substring, the same on both databases.
-        query = query.where(Model.name.contains(q, autoescape=True))
-    return query
-
-
-def list_models(session: Session, q: str | None, limit: int, offset: int) -> tuple[list, int]:
-    """A page of models whose names contain ``q``, newest first, and how many match."""
-    query = _matching(q)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    page = session.scalars(
-        query.order_by(Model.created_at.desc(), Model.id.desc()).limit(limit).offset(offset)
-    )
-    return list(page), total

@@ -77,17 +77,6 @@ def stage_folder(storage_dir: Path, source: Path, max_bytes: int) -> Path:
         return stage_upload(storage_dir, files, max_bytes)
 
 
-def store_hub_model(settings, hub_id: str, revision: str | None) -> tuple:
-    """Resolve a hub model, stage its files and store them under ``settings.storage_dir``:
-    (hub model, folder, loaded, fresh)."""
-    from app.hub.resolve import resolve_with_settings
-
-    hub = resolve_with_settings(settings, hub_id, revision)
-    staging = stage_folder(settings.storage_dir, hub.folder, settings.max_model_bytes)
-    folder, loaded, fresh = commit_staged(settings.storage_dir, staging, settings.max_model_bytes)
-    return hub, folder, loaded, fresh
-
-
 def _is_model_file(name: str) -> bool:
     return name in ACCEPTED_NAMES or name.endswith(ACCEPTED_SUFFIXES)
 

@@ -1,9 +1,12 @@
-"""Dependencies of the endpoints, so that they read like their signatures.
+"""The request dependencies every domain's endpoints share, so that endpoints read like their
+signatures. They live in ``core`` rather than ``api`` because the domains' endpoints use them and
+a domain never imports ``api``; ``create_app`` fills ``app.state``, which they read.
 
 - ``SessionDep``: one session per request, committed when the endpoint has returned and its
   answer is built (before it is sent, so a failed commit is an error answer, never a success
-  that was not saved), rolled back on any error. Services never commit.
-- ``SettingsDep``, ``DispatcherDep``, ``MetricsDep``: what ``create_app`` put on ``app.state``.
+  that was not saved), rolled back on any error. Services never commit; work they hand on after
+  the commit (a job to the workers) is registered with ``app.core.db.after_commit``.
+- ``SettingsDep``, ``MetricsDep``: what ``create_app`` put on ``app.state``.
 - ``ModelRequestDep``: the body of ``POST /parents`` and ``POST /detect``: a multipart upload of
   a model's files plus text fields, or a JSON object naming a hub model.
 """
@@ -13,8 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, BinaryIO, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,14 +25,9 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 from starlette.types import Message
 
-from app.api.errors import UnsupportedMediaType
-from app.api.health import Metrics
 from app.core.config import Settings
-from app.detection.dispatch import Dispatcher
-from app.engine.errors import ModelTooLarge
-from app.engine.model_files import LoadedModel
-from app.hub.declared import DeclaredParent, declared_parents
-from app.registry.storage import commit_staged, stage_upload
+from app.core.metrics import Metrics
+from app.engine.errors import LineageError, ModelTooLarge
 
 FILES_FIELD = "files"
 # Room for the multipart framing and small files (config, card) on top of the weights, so the
@@ -39,25 +36,32 @@ UPLOAD_OVERHEAD_BYTES = 1 << 20
 Fields = TypeVar("Fields", bound=BaseModel)
 
 
+class UnsupportedMediaType(LineageError):
+    """A request body that is neither multipart/form-data nor JSON."""
+
+    code = "unsupported_media_type"
+    status = 415
+
+
 def get_app_settings(request: Request) -> Settings:
     """The settings the app was created with."""
     return request.app.state.settings
 
 
 def get_db(request: Request) -> Iterator[Session]:
-    """A session for this request: commit at the end, roll back on error."""
+    """A session for this request: commit at the end, roll back on error.
+
+    The commit stands outside the ``try``: what ``after_commit`` hands on runs inside it, and
+    when that fails (the broker is down) the data is already durable, so there is nothing to roll
+    back; a commit that itself fails is rolled back when the session closes.
+    """
     with request.app.state.session_factory() as session:
         try:
             yield session
-            session.commit()
         except BaseException:
             session.rollback()
             raise
-
-
-def get_dispatcher(request: Request) -> Dispatcher:
-    """Where committed jobs are sent."""
-    return request.app.state.dispatcher
+        session.commit()
 
 
 def get_metrics(request: Request) -> Metrics:
@@ -69,7 +73,6 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 # scope="function": the commit runs as soon as the endpoint returns, not after the response went
 # out (FastAPI's default for yield dependencies), so the client never sees an unsaved success.
 SessionDep = Annotated[Session, Depends(get_db, scope="function")]
-DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
@@ -117,20 +120,14 @@ class ModelRequest:
             raise RequestValidationError(errors)
         return parsed
 
-    def store(self, settings: Settings) -> tuple[Path, LoadedModel, bool, list[DeclaredParent]]:
-        """Stream the files into storage, validate them as one model, and move them to their
-        content address: (folder, loaded model, whether newly stored, the parents this upload's
-        own files declare). Nothing is left behind when they are refused."""
-        staging = stage_upload(
-            settings.storage_dir,
-            [(upload.filename, upload.file) for upload in self.files],
-            settings.max_model_bytes,
-        )
-        # Read before storing: weights already stored keep their first files, but this upload's
-        # model card is what this request declares.
-        declared = declared_parents(staging)
-        stored = commit_staged(settings.storage_dir, staging, settings.max_model_bytes)
-        return (*stored, declared)
+    def parse(self, form: type[Fields], hub: type[BaseModel]) -> BaseModel:
+        """The body as ``hub`` when it is JSON, else the multipart text fields as ``form`` (with
+        files required); a mismatch is a 422 naming each field."""
+        return validate_body(hub, self.json) if self.is_json else self.form(form)
+
+    def uploads(self) -> list[tuple[str | None, BinaryIO]]:
+        """The uploaded files as (file name as the client sent it, readable stream) pairs."""
+        return [(upload.filename, upload.file) for upload in self.files]
 
 
 def limited_body(request: Request, max_model_bytes: int) -> Request:

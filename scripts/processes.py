@@ -1,5 +1,7 @@
-"""Real processes for tests and scripts: ``lineage serve`` in a child process on a free port
-(stopped afterwards), and how to start Debian's Chromium headless on this kind of machine."""
+"""Real processes for the tests and the scripts (not shipped with the package): ``lineage
+serve`` in a child process on a free port (stopped afterwards), and how to start Debian's
+Chromium headless on this kind of machine. Tests import it as ``scripts.processes``; the
+scripts beside it as ``processes``."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Headless as root, without reaching for the network (the machine's network is closed: without
 # these, Chromium's background connections are refused at every start).

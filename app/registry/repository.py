@@ -1,0 +1,88 @@
+"""All SQL of the catalog: the ``models`` table (the caller's session commits)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.registry.models import Model
+
+
+class ModelRepository:
+    """Reads and writes of catalog records within the caller's session."""
+
+    def __init__(self, session: Session):
+        self.session = session
+
+    def by_name(self, name: str) -> Model | None:
+        """The model called ``name``, if any."""
+        return self.session.scalars(select(Model).where(Model.name == name)).first()
+
+    def by_sha256(self, sha256: str) -> Model | None:
+        """The model with these weights, if any."""
+        return self.session.scalars(select(Model).where(Model.sha256 == sha256)).first()
+
+    def by_id(self, model_id: int) -> Model | None:
+        """The model with this id, if any."""
+        return self.session.get(Model, model_id)
+
+    def names_of(self, ids: Iterable[int]) -> dict[int, str]:
+        """Names by id of the models among ``ids`` that exist."""
+        ids = list(set(ids))
+        if not ids:
+            return {}
+        rows = self.session.execute(select(Model.id, Model.name).where(Model.id.in_(ids)))
+        return dict(rows.tuples().all())
+
+    def name_is_taken(self, name: str) -> bool:
+        """Whether some model carries ``name``."""
+        return self.session.scalars(select(Model.id).where(Model.name == name)).first() is not None
+
+    def insert(self, record: Model) -> bool:
+        """Add ``record`` inside a savepoint: False (and nothing added) when a unique constraint
+        refuses it, as when a concurrent request registered the same weights or name first; the
+        caller's transaction survives either way."""
+        try:
+            with self.session.begin_nested():
+                self.session.add(record)
+        except IntegrityError:
+            return False
+        return True
+
+    def candidates(self, exclude_id: int) -> list[Model]:
+        """Every catalog parent except the model itself, oldest first."""
+        return list(
+            self.session.scalars(
+                select(Model).where(Model.is_candidate, Model.id != exclude_id).order_by(Model.id)
+            )
+        )
+
+    def matching_names_or_hub_ids(self, names: list[str]) -> list[Model]:
+        """Models whose name or hub ID is one of ``names``."""
+        if not names:
+            return []
+        return list(
+            self.session.scalars(
+                select(Model).where(or_(Model.name.in_(names), Model.hub_id.in_(names)))
+            )
+        )
+
+    @staticmethod
+    def _matching(q: str | None) -> Select:
+        query = select(Model)
+        if q:
+            # Escape LIKE's wildcards so `q` is a literal substring, the same on both databases.
+            query = query.where(Model.name.contains(q, autoescape=True))
+        return query
+
+    def page(self, q: str | None, limit: int, offset: int) -> tuple[list[Model], int]:
+        """A page of models whose names contain ``q``, newest first, and how many match."""
+        query = self._matching(q)
+        total = self.session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        page = self.session.scalars(
+            query.order_by(Model.created_at.desc(), Model.id.desc()).limit(limit).offset(offset)
+        )
+        return list(page), total
