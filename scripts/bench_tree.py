@@ -24,9 +24,12 @@ from app.core.config import Settings
 from app.core.db import make_engine, migrate, session_factory, transaction
 from app.lineage.repository import LineageRepository
 from app.registry.models import Model
+from worker.dispatch import dispatcher_for
 
 
 def build_family(url: str, count: int) -> list[str]:
+    """Write the module docstring's family of ``count`` models to the (migrated) database at
+    ``url``; their names, root first, breadth-first."""
     engine = make_engine(url)
     factory = session_factory(engine)
     names = [f"bench/m{i:04d}" for i in range(count)]
@@ -60,6 +63,7 @@ def build_family(url: str, count: int) -> list[str]:
 
 
 def main() -> None:
+    """Build the family on a throwaway database and print the page's timings."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=7)
@@ -69,7 +73,7 @@ def main() -> None:
     migrate(url)
     names = build_family(url, args.models)
     settings = Settings(database_url=url, storage_dir=folder / "storage", redis_url=None)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings, dispatcher_for(settings))) as client:
         for label, name in (
             ("root (all descendants)", names[0]),
             ("middle", names[len(names) // 2]),

@@ -1,7 +1,7 @@
 """The family-tree page in a real headless browser (Debian's Chromium, driven by Playwright)
 against a running ``lineage serve``: a child's page shows its parent and its own children as
-nodes, a node's link leads to the parent's page, and a screenshot is saved with the test's
-output."""
+nodes, a node's link leads to the parent's page, the audit verdicts that detection wrote show as
+badges on the edges, and a screenshot is saved with the test's output."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import httpx
 import pytest
 import torch
 
-from app.api.process import CHROMIUM, CHROMIUM_ARGS, served
 from app.engine.model_files import save_model
+from scripts.processes import CHROMIUM, CHROMIUM_ARGS, served
 from tests.factories import TINY_MLP_CONFIG, tiny_mlp_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,9 +33,15 @@ def jittered(state: dict, seed: int) -> dict:
     return {k: v + 0.02 * torch.randn(v.shape, generator=gen) for k, v in state.items()}
 
 
+# grandchild-b's model card names org/base as its base, while its weights descend from org/child.
+MISDECLARED_CARD = "---\nbase_model: org/base\n---\n# grandchild-b\n"
+
+
 @pytest.fixture
 def server(tmp_path):
-    """``lineage serve`` on a fresh SQLite file, with base → child → two grandchildren."""
+    """``lineage serve`` on a fresh SQLite file, with base → child → two grandchildren, every
+    edge written by detection jobs through ``POST /detect``: child and grandchild-a declare no
+    base (audit: undisclosed), grandchild-b declares the wrong one (audit: mismatch)."""
     database = f"sqlite:///{tmp_path / 'lineage.db'}"
     with served(database, tmp_path / "storage") as base:
         state = tiny_mlp_state(0)
@@ -48,6 +54,8 @@ def server(tmp_path):
         with httpx.Client(base_url=base, timeout=60) as client:
             for name, weights in family.items():
                 folder = save_model(tmp_path / name.replace("/", "_"), weights, TINY_MLP_CONFIG)
+                if name == "org/grandchild-b":
+                    (folder / "README.md").write_text(MISDECLARED_CARD)
                 if name == "org/base":
                     client.post("/parents", data={"name": name}, files=files(folder))
                     continue
@@ -85,3 +93,26 @@ def test_a_child_page_shows_its_family_and_links_to_the_parent(server, tmp_path)
         assert child_node.count() >= 1
         browser.close()
     assert (tmp_path / "child-page.png").stat().st_size > 10_000
+
+
+def test_audit_badges_from_detection_show_on_the_edges(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.goto(f"{server}/lineage/org/child")
+        labels = page.locator("svg .edge-label")
+        badges = {}
+        for i in range(labels.count()):
+            label = labels.nth(i)
+            title = label.locator("title").text_content()  # "parent → child: inferred, ..."
+            badge = label.locator(".badge")
+            badges[title.split(":")[0]] = badge.text_content() if badge.count() else None
+        browser.close()
+    # Found by the weights, declared by nobody.
+    assert badges["org/base → org/child"] == "undisclosed"
+    assert badges["org/child → org/grandchild-a"] == "undisclosed"
+    # Found by the weights beside a different declared base: both edges carry the mismatch.
+    assert badges["org/child → org/grandchild-b"] == "mismatch"
+    assert badges["org/base → org/grandchild-b"] == "mismatch"

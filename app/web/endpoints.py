@@ -1,5 +1,10 @@
-"""HTTP endpoints of the pages for people: the catalog at ``/``, the family-tree page (served
-by ``GET /lineage/{name}`` to browsers, see ``app.lineage.endpoints``) and ``/static``."""
+"""HTTP endpoints of the pages for people: the catalog at ``/``, the family-tree page (the HTML
+side of ``GET /lineage/{name}``) and ``/static``.
+
+``/lineage/{name}`` has two representations. The page's route here matches only requests whose
+``Accept`` prefers ``text/html`` (``HtmlRoute``); every other request falls through to the JSON
+route of ``app.lineage.endpoints``, so neither side knows the other.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.orm import Session
+from starlette.datastructures import Headers
+from starlette.routing import Match
+from starlette.types import Scope
 
-from app.api.deps import SessionDep
+from app.core.deps import SessionDep, SettingsDep
+from app.lineage.schemas import DEFAULT_DEPTH, DEFAULT_WIDTH, DepthQuery, WidthQuery
 from app.registry.errors import UnknownModel
-from app.web.pages import STATIC_DIR, catalog_page, family_page, render_error_page
+from app.web.loading import catalog_page, family_page
+from app.web.render import STATIC_DIR, render_error_page
 
 router = APIRouter(include_in_schema=False)
 
@@ -48,16 +58,41 @@ def prefers_html(accept: str | None) -> bool:
     return html > 0 and html >= json
 
 
-def family_page_response(
-    session: Session, name: str, depth: int, width: int, max_depth: int
+class HtmlRoute(APIRoute):
+    """A route that matches only requests preferring HTML (``prefers_html``); any other request
+    is left to the routes after it."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match is not Match.NONE and not prefers_html(Headers(scope=scope).get("accept")):
+            return Match.NONE, {}
+        return match, child_scope
+
+
+pages = APIRouter(route_class=HtmlRoute)
+
+
+@pages.get("/lineage/{name:path}", response_class=HTMLResponse)
+def get_family_page(
+    name: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    depth: DepthQuery = DEFAULT_DEPTH,
+    width: WidthQuery = DEFAULT_WIDTH,
 ) -> HTMLResponse:
-    """The family-tree page of ``name``, or an HTML 404 page when no model has that name."""
+    """The family-tree page of ``name``: the tree drawn ``depth`` generations up and down (at
+    most ``MAX_LINEAGE_DEPTH``), ``width`` models a level; an HTML 404 page for an unknown name."""
+    # Caches must keep the two representations of this URL apart.
+    headers = {"Vary": "Accept"}
     try:
-        html = family_page(session, name, depth, width, max_depth)
+        html = family_page(session, name, depth, width, settings.max_lineage_depth)
     except UnknownModel as exc:
         page = render_error_page(404, "No such model", exc.message)
-        return HTMLResponse(page, status_code=404, headers={"Vary": "Accept"})
-    return HTMLResponse(html, headers={"Vary": "Accept"})
+        return HTMLResponse(page, status_code=404, headers=headers)
+    return HTMLResponse(html, headers=headers)
+
+
+router.include_router(pages)
 
 
 @router.get("/", response_class=HTMLResponse)

@@ -132,11 +132,22 @@ def signed_levels(
     return levels
 
 
+def _check_downward(levels: Mapping[str, int], edges: Iterable[tuple[str, str]]) -> None:
+    """``ValueError`` unless every edge goes from a smaller level to a larger one: the layering
+    assumes it (each edge is drawn downward, through one virtual node per level it crosses)."""
+    for parent, child in edges:
+        if levels[parent] >= levels[child]:
+            raise ValueError(
+                f"edge {parent!r} → {child!r} does not go down: levels "
+                f"{levels[parent]} → {levels[child]}"
+            )
+
+
 def _limit_width(
     levels: Mapping[str, int], edges: Sequence[tuple[str, str]], max_width: int
-) -> tuple[set[str], dict[int, int]]:
-    """The nodes kept when each level shows at most ``max_width`` of them, and how many each
-    level hides.
+) -> tuple[dict[str, int], list[tuple[str, str]], dict[int, int]]:
+    """The levels and edges kept when each level shows at most ``max_width`` nodes, and how
+    many nodes each level hides (edges to hidden nodes are dropped).
 
     Levels are filled outward from level 0, so the kept family stays connected: a node is a
     candidate only if an edge joins it to a kept node nearer level 0 (the nodes of level 0 are
@@ -163,7 +174,9 @@ def _limit_width(
         kept.update(names[:max_width])
         if len(by_level[level]) > min(len(names), max_width):
             hidden[level] = len(by_level[level]) - min(len(names), max_width)
-    return kept, hidden
+    kept_levels = {n: lv for n, lv in levels.items() if n in kept}
+    kept_edges = [(p, c) for p, c in edges if p in kept and c in kept]
+    return kept_levels, kept_edges, hidden
 
 
 def _count_inversions(values: list[int], size: int) -> int:
@@ -239,42 +252,28 @@ def _isotonic_place(desired: list[float], separation: list[float]) -> list[float
     return [value + offset for value, offset in zip(y, offsets, strict=True)]
 
 
-def layered_layout(
-    levels: Mapping[str, int],
-    edges: Sequence[tuple[str, str]],
-    *,
-    max_width: int | None = None,
-    sweeps: int = 4,
-    geometry: Geometry | None = None,
-) -> Layout:
-    """Coordinates for the nodes ``levels`` (id → level; smaller levels drawn above) joined by
-    ``edges`` (parent, child), each of which must go from a smaller level to a larger one.
+@dataclass
+class _Layers:
+    """The layered graph being laid out. Row 0 is level ``top``; ``order`` lists each row's
+    nodes left to right, virtual ones included; ``up`` and ``down``: each node's neighbours on
+    the row above and below; ``chains``: each edge as its parent, its virtual nodes, its child;
+    ``row_of``: the row of each real node."""
 
-    With ``max_width``, a level with more nodes shows ``max_width`` of them (see
-    ``_limit_width``) and one extra box, id ``more_id(level)``, kind ``more``, counting the
-    others; edges to hidden nodes are dropped. ``sweeps`` rounds of barycenter ordering (down
-    and up) follow an initial sweep outward from level 0.
-    """
-    geo = geometry or Geometry()
-    for parent, child in edges:
-        if levels[parent] >= levels[child]:
-            raise ValueError(
-                f"edge {parent!r} → {child!r} does not go down: levels "
-                f"{levels[parent]} → {levels[child]}"
-            )
-    hidden: dict[int, int] = {}
-    if max_width is not None:
-        kept, hidden = _limit_width(levels, edges, max_width)
-        levels = {n: lv for n, lv in levels.items() if n in kept}
-        edges = [(p, c) for p, c in edges if p in kept and c in kept]
-    all_levels = sorted(set(levels.values()) | set(hidden))
-    if not all_levels:
-        return Layout({}, [], 2 * geo.margin, 2 * geo.margin, hidden)
-    top = all_levels[0]
-    rows = all_levels[-1] - top + 1
+    top: int
+    order: list[list[str]]
+    up: dict[str, list[str]]
+    down: dict[str, list[str]]
+    chains: list[list[str]]
+    virtual: set[str]
+    row_of: dict[str, int]
+
+
+def _layers(
+    levels: Mapping[str, int], edges: Sequence[tuple[str, str]], top: int, rows: int
+) -> _Layers:
+    """The rows of ``levels`` (real nodes in name order) with a virtual node on each level an
+    edge passes through, so that every segment joins adjacent rows."""
     row_of = {n: lv - top for n, lv in levels.items()}
-
-    # Virtual nodes: one per level an edge passes through, so every segment joins neighbours.
     up: dict[str, list[str]] = defaultdict(list)
     down: dict[str, list[str]] = defaultdict(list)
     chains: list[list[str]] = []
@@ -294,10 +293,16 @@ def layered_layout(
         for a, b in zip(chain, chain[1:], strict=False):
             down[a].append(b)
             up[b].append(a)
+    return _Layers(top, order, up, down, chains, virtual, row_of)
 
-    # Order: outward from level 0 (each level by its neighbours nearer the focus), then sweeps
-    # down and up, keeping the best order seen.
-    zero = min(max(-top, 0), rows - 1)
+
+def _order_rows(layers: _Layers, sweeps: int) -> int:
+    """Reorder ``layers`` in place to the order with the fewest crossings seen, and return that
+    count: first outward from level 0 (each row by its neighbours nearer the focus; level 0
+    keeps its name order), then up to ``sweeps`` rounds down and up."""
+    order, up, down = layers.order, layers.up, layers.down
+    rows = len(order)
+    zero = min(max(-layers.top, 0), rows - 1)
     _sweep(order, up, range(zero + 1, rows))
     _sweep(order, down, range(zero - 1, -1, -1))
     best, best_crossings = [list(level) for level in order], count_crossings(order, down)
@@ -309,76 +314,112 @@ def layered_layout(
         crossings = count_crossings(order, down)
         if crossings < best_crossings:
             best, best_crossings = [list(level) for level in order], crossings
-    order = best
+    layers.order = best
+    return best_crossings
 
-    def width_of(node: str) -> float:
-        return 0.0 if node in virtual else geo.node_width
 
-    def separation(a: str, b: str) -> float:
-        gap = geo.virtual_gap if a in virtual or b in virtual else geo.gap
-        return (width_of(a) + width_of(b)) / 2 + gap
+def _box_width(node: str, virtual: set[str], geo: Geometry) -> float:
+    """A model's box is ``node_width`` wide; an edge passing through a row takes no width."""
+    return 0.0 if node in virtual else geo.node_width
 
-    # x: start packed and centred, then pull each level toward its neighbours, level by level.
+
+def _separation(a: str, b: str, virtual: set[str], geo: Geometry) -> float:
+    """The least distance between the centres of neighbours ``a`` and ``b`` on a row."""
+    gap = geo.virtual_gap if a in virtual or b in virtual else geo.gap
+    return (_box_width(a, virtual, geo) + _box_width(b, virtual, geo)) / 2 + gap
+
+
+def _pull_toward(
+    layers: _Layers,
+    x: dict[str, float],
+    rows: Iterable[int],
+    neighbours: Mapping[str, Sequence[str]],
+    geo: Geometry,
+) -> None:
+    """Move each row of ``rows`` (in that sequence) as close as the gaps allow to the mean x of
+    each node's ``neighbours``; a node without any keeps its x as its target."""
+    for row in rows:
+        level = layers.order[row]
+        if not level:
+            continue
+        desired = []
+        for node in level:
+            near = neighbours.get(node, ())
+            desired.append(sum(x[m] for m in near) / len(near) if near else x[node])
+        gaps = [
+            _separation(a, b, layers.virtual, geo) for a, b in zip(level, level[1:], strict=False)
+        ]
+        for node, value in zip(level, _isotonic_place(desired, gaps), strict=True):
+            x[node] = value
+
+
+def _x_coordinates(layers: _Layers, geo: Geometry) -> dict[str, float]:
+    """x of every node, real and virtual: each row starts packed and centred on 0, then is
+    pulled toward its neighbours, twice down and up, and once toward both sides."""
     x: dict[str, float] = {}
-    for level in order:
+    for level in layers.order:
         position = 0.0
         for i, node in enumerate(level):
             if i:
-                position += separation(level[i - 1], node)
+                position += _separation(level[i - 1], node, layers.virtual, geo)
             x[node] = position
         for node in level:
             x[node] -= position / 2
-
-    def place(row_indices: Iterable[int], neighbours: Mapping[str, Sequence[str]]) -> None:
-        for row in row_indices:
-            level = order[row]
-            if not level:
-                continue
-            desired = []
-            for node in level:
-                near = neighbours.get(node, ())
-                desired.append(sum(x[m] for m in near) / len(near) if near else x[node])
-            gaps = [separation(a, b) for a, b in zip(level, level[1:], strict=False)]
-            for node, value in zip(level, _isotonic_place(desired, gaps), strict=True):
-                x[node] = value
-
-    both = {n: [*up.get(n, ()), *down.get(n, ())] for n in x}
+    rows = len(layers.order)
+    both = {n: [*layers.up.get(n, ()), *layers.down.get(n, ())] for n in x}
     for _ in range(2):
-        place(range(1, rows), up)
-        place(range(rows - 2, -1, -1), down)
-    place(range(rows), both)
+        _pull_toward(layers, x, range(1, rows), layers.up, geo)
+        _pull_toward(layers, x, range(rows - 2, -1, -1), layers.down, geo)
+    _pull_toward(layers, x, range(rows), both, geo)
+    return x
 
-    # The "+K more" boxes go at the right end of their level.
-    placed_width = {node: width_of(node) for node in x}
+
+def _add_more_boxes(
+    layers: _Layers, x: dict[str, float], hidden: Mapping[int, int], geo: Geometry
+) -> dict[str, int]:
+    """Append each level's "+K more" box to its row in ``layers`` and give it an x in ``x``: at
+    the right end of the row, where it pushes no model aside. Returns their levels by id."""
     more_boxes = {more_id(level_value): level_value for level_value in hidden}
     for node, level_value in more_boxes.items():
-        row = level_value - top
-        level = order[row]
-        x[node] = (
-            x[level[-1]] + (width_of(level[-1]) + geo.more_width) / 2 + geo.gap if level else 0.0
-        )
-        placed_width[node] = geo.more_width
-        order[row] = [*level, node]
+        row = level_value - layers.top
+        level = layers.order[row]
+        last_width = _box_width(level[-1], layers.virtual, geo) if level else 0.0
+        x[node] = x[level[-1]] + (last_width + geo.more_width) / 2 + geo.gap if level else 0.0
+        layers.order[row] = [*level, node]
+    return more_boxes
 
-    left = min(x[n] - placed_width[n] / 2 for n in x)
-    right = max(x[n] + placed_width[n] / 2 for n in x)
+
+def _row_y(row: int, geo: Geometry) -> float:
+    """The y of the centres of the boxes of ``row``."""
+    return geo.margin + geo.node_height / 2 + row * (geo.node_height + geo.level_gap)
+
+
+def _place(
+    layers: _Layers,
+    x: Mapping[str, float],
+    more_boxes: Mapping[str, int],
+    hidden: Mapping[int, int],
+    geo: Geometry,
+) -> tuple[dict[str, Placed], float, float]:
+    """The boxes of the real nodes and the "+K more" boxes, shifted right so that the leftmost
+    box starts at the margin; with that shift and the width of everything drawn."""
+    widths = {
+        n: geo.more_width if n in more_boxes else _box_width(n, layers.virtual, geo) for n in x
+    }
+    left = min(x[n] - widths[n] / 2 for n in x)
+    right = max(x[n] + widths[n] / 2 for n in x)
     shift = geo.margin - left
-    step = geo.node_height + geo.level_gap
-
-    def y_of(row: int) -> float:
-        return geo.margin + geo.node_height / 2 + row * step
-
     nodes: dict[str, Placed] = {}
-    for row, level in enumerate(order):
+    for row, level in enumerate(layers.order):
         for node in level:
-            if node in virtual:
+            if node in layers.virtual:
                 continue
             if node in more_boxes:
                 nodes[node] = Placed(
                     node,
                     more_boxes[node],
                     x[node] + shift,
-                    y_of(row),
+                    _row_y(row, geo),
                     geo.more_width,
                     geo.node_height,
                     kind="more",
@@ -386,21 +427,73 @@ def layered_layout(
                 )
             else:
                 nodes[node] = Placed(
-                    node, row + top, x[node] + shift, y_of(row), geo.node_width, geo.node_height
+                    node,
+                    row + layers.top,
+                    x[node] + shift,
+                    _row_y(row, geo),
+                    geo.node_width,
+                    geo.node_height,
                 )
+    return nodes, shift, right - left
+
+
+def _routes(
+    layers: _Layers,
+    nodes: Mapping[str, Placed],
+    x: Mapping[str, float],
+    shift: float,
+    geo: Geometry,
+) -> list[Route]:
+    """Each edge's route: from the bottom of its parent's box through its virtual nodes to the
+    top of its child's box."""
     half = geo.node_height / 2
     routes = []
-    for chain in chains:
+    for chain in layers.chains:
         parent, child = chain[0], chain[-1]
+        first_row = layers.row_of[parent]
         points = [(nodes[parent].x, nodes[parent].y + half)]
-        points += [(x[v] + shift, y_of(row_of[parent] + i)) for i, v in enumerate(chain[1:-1], 1)]
+        points += [(x[v] + shift, _row_y(first_row + i, geo)) for i, v in enumerate(chain[1:-1], 1)]
         points.append((nodes[child].x, nodes[child].y - half))
         routes.append(Route(parent, child, points))
+    return routes
+
+
+def layered_layout(
+    levels: Mapping[str, int],
+    edges: Sequence[tuple[str, str]],
+    *,
+    max_width: int | None = None,
+    sweeps: int = 4,
+    geometry: Geometry | None = None,
+) -> Layout:
+    """Coordinates for the nodes ``levels`` (id → level; smaller levels drawn above) joined by
+    ``edges`` (parent, child), each of which must go from a smaller level to a larger one.
+
+    With ``max_width``, a level with more nodes shows ``max_width`` of them (see
+    ``_limit_width``) and one extra box, id ``more_id(level)``, kind ``more``, counting the
+    others; edges to hidden nodes are dropped. ``sweeps`` rounds of barycenter ordering (down
+    and up) follow an initial sweep outward from level 0.
+    """
+    geo = geometry or Geometry()
+    _check_downward(levels, edges)
+    hidden: dict[int, int] = {}
+    if max_width is not None:
+        levels, edges, hidden = _limit_width(levels, edges, max_width)
+    # A level whose every node is hidden still gets a row, for its "+K more" box.
+    all_levels = sorted(set(levels.values()) | set(hidden))
+    if not all_levels:
+        return Layout({}, [], 2 * geo.margin, 2 * geo.margin, hidden)
+    rows = all_levels[-1] - all_levels[0] + 1
+    layers = _layers(levels, edges, top=all_levels[0], rows=rows)
+    crossings = _order_rows(layers, sweeps)
+    x = _x_coordinates(layers, geo)
+    more_boxes = _add_more_boxes(layers, x, hidden, geo)
+    nodes, shift, drawn_width = _place(layers, x, more_boxes, hidden, geo)
     return Layout(
         nodes=nodes,
-        routes=routes,
-        width=right - left + 2 * geo.margin,
+        routes=_routes(layers, nodes, x, shift, geo),
+        width=drawn_width + 2 * geo.margin,
         height=2 * geo.margin + rows * geo.node_height + (rows - 1) * geo.level_gap,
         hidden=hidden,
-        crossings=best_crossings,
+        crossings=crossings,
     )

@@ -1,9 +1,9 @@
-"""The pages for people, rendered on the server: the family-tree page and the catalog.
+"""Rendering the pages for people: the family-tree page, the catalog and the error page, as
+pure functions of plain values (dicts, lists, the ``Family`` record). No database here: what a
+page shows is loaded by ``app.web.loading``, so rendering can be timed or tested on its own.
 
-Loading (``load_family``; the queries of ``catalog_page``) reads the database once; rendering
-(``render_family_page``, ``render_catalog_page``) is a pure function of what was loaded, so it
-can be timed or tested without HTTP or a database. Templates are Jinja2 with autoescaping on:
-every name, architecture or verdict that reaches the page is escaped.
+Templates are Jinja2 with autoescaping on: every name, architecture or verdict that reaches the
+page is escaped.
 """
 
 from __future__ import annotations
@@ -17,23 +17,14 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-from sqlalchemy.orm import Session
 
-from app.detection.models import Job
-from app.lineage.repository import LineageRepository
-from app.lineage.service import tree_dict
-from app.registry.service import get_by_name, list_models, to_dict
+from app.lineage.schemas import DEFAULT_WIDTH, MAX_WIDTH
 from app.web.layout import Layout, layered_layout, signed_levels
-from app.web.repository import latest_results, recent_jobs
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 STATIC_DIR = Path(__file__).parent / "static"
 
-DEFAULT_DEPTH = 3
-DEFAULT_WIDTH = 12
-MAX_WIDTH = 500
-CATALOG_PAGE_SIZE = 50
-RECENT_JOBS = 20
+# The family-tree page's query parameters: generations each way, models drawn a level.
 # Audit verdicts worth a warning badge; any other verdict is shown as plain text.
 FLAGGED_VERDICTS = frozenset({"mismatch", "undisclosed"})
 # Characters of a name that fit in a node box at the page's font size.
@@ -163,26 +154,6 @@ def family_from_tree(
         deeper_ancestors=any(r["depth"] > depth for r in tree["ancestors"]),
         deeper_descendants=any(r["depth"] > depth for r in tree["descendants"]),
     )
-
-
-def load_family(session: Session, name: str, depth: int) -> Family:
-    """The family of ``name`` up to ``depth`` generations each way, with every shown model's
-    record and latest audit verdict; ``UnknownModel`` if no model has that name."""
-    model = get_by_name(session, name)
-    repository = LineageRepository(session)
-    # One generation more than shown: only to know whether a "more generations" link is due.
-    ancestors = repository.ancestors(model.id, depth + 1)
-    descendants = repository.descendants(model.id, depth + 1)
-    shown = [model] + [r.model for r in (*ancestors, *descendants) if r.depth <= depth]
-    names = {m.id: m.name for m in shown}
-    edges = repository.edges_among(set(names))
-    tree = tree_dict(model, ancestors, descendants, edges, names, with_evidence=True)
-    verdicts = {
-        names[model_id]: verdict
-        for model_id, result in latest_results(session, names.keys()).items()
-        if (verdict := audit_verdict(result)) is not None
-    }
-    return family_from_tree(tree, depth, {m.name: to_dict(m) for m in shown}, verdicts)
 
 
 def _generation(distance: int, up: bool) -> str:
@@ -383,22 +354,21 @@ def render_family_page(
     )
 
 
-def family_page(session: Session, name: str, depth: int, width: int, max_depth: int) -> str:
-    """Load and render the family-tree page of ``name`` (``UnknownModel`` if none)."""
-    depth = max(1, min(depth, max_depth))
-    return render_family_page(load_family(session, name, depth), width=width, max_depth=max_depth)
-
-
 # The catalog --------------------------------------------------------------------------------
 
 
-def _job_row(job: Job, child: str | None) -> dict:
-    decision = (job.result or {}).get("decision") or {}
-    finished = job.status == "succeeded"
+def _job_row(job: Mapping) -> dict:
+    """A row of the jobs table from a job's plain values: ``id``, ``status``, ``child`` (the
+    child's name, None if it was deleted), ``result`` and ``created_at`` (ISO, or None), as in
+    a job's public JSON."""
+    result = job["result"]
+    decision = (result or {}).get("decision") or {}
+    finished = job["status"] == "succeeded"
     parent = decision.get("parent") if finished else None
+    child = job["child"]
     return {
-        "id": job.id,
-        "status": job.status,
+        "id": job["id"],
+        "status": job["status"],
         "child": child,
         "child_href": model_path(child) if child else None,
         "parent": parent,
@@ -406,8 +376,8 @@ def _job_row(job: Job, child: str | None) -> dict:
         # "none" only when detection ran and found no parent; unfinished jobs have no answer.
         "parent_text": parent or ("none" if finished else "—"),
         "confidence": decision.get("confidence") if finished else None,
-        "verdict": audit_verdict(job.result),
-        "created_at": job.created_at.isoformat() if job.created_at else None,
+        "verdict": audit_verdict(result),
+        "created_at": job["created_at"],
     }
 
 
@@ -417,10 +387,12 @@ def render_catalog_page(
     q: str | None,
     page: int,
     jobs: list[dict],
-    page_size: int = CATALOG_PAGE_SIZE,
+    *,
+    page_size: int,
 ) -> str:
-    """The HTML catalog: a search form, one page of ``models`` (registry records) out of
-    ``total`` matching ``q``, and the recent detection ``jobs``."""
+    """The HTML catalog: a search form, page ``page`` of ``page_size`` models (``models``:
+    its registry records) out of ``total`` matching ``q``, and the recent detection ``jobs``
+    (as ``_job_row`` takes them), newest first."""
     pages = max(1, -(-total // page_size))
 
     def link(number: int) -> str:
@@ -441,19 +413,9 @@ def render_catalog_page(
             last=first + len(models) - 1 if models else 0,
             previous=link(page - 1) if page > 1 else None,
             next=link(page + 1) if page < pages else None,
-            jobs=jobs,
+            jobs=[_job_row(job) for job in jobs],
             flagged=FLAGGED_VERDICTS,
         )
-    )
-
-
-def catalog_page(session: Session, q: str | None, page: int) -> str:
-    """Load and render one page of the catalog with the most recent jobs."""
-    offset = (page - 1) * CATALOG_PAGE_SIZE
-    models, total = list_models(session, q, CATALOG_PAGE_SIZE, offset)
-    jobs = [_job_row(job, child) for job, child in recent_jobs(session, RECENT_JOBS)]
-    return render_catalog_page(
-        [to_dict(m) for m in models], total, q, page, jobs, page_size=CATALOG_PAGE_SIZE
     )
 
 
