@@ -11,7 +11,14 @@ import pytest
 from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
-from app.core.db import downgrade, make_engine, migrate, session_factory, transaction
+from app.core.db import (
+    after_commit,
+    downgrade,
+    make_engine,
+    migrate,
+    session_factory,
+    transaction,
+)
 from app.lineage.errors import CycleRefused, SelfEdge
 from app.lineage.models import Edge
 from app.lineage.repository import LineageRepository
@@ -224,3 +231,41 @@ def test_concurrent_registrations_of_the_same_weights_make_one_record(tmp_path):
         with factory() as session:
             assert session.scalar(select(func.count()).select_from(Model)) == 1
         engine.dispose()
+
+
+def test_after_commit_work_runs_once_committed_and_never_after_a_rollback(factory):
+    """What a service hands on after the commit (a job to the workers) sees the committed row,
+    and is dropped with a transaction that rolls back, savepoints included."""
+    seen = []
+
+    def committed_names():
+        with factory() as other:  # another connection: only durable rows are visible
+            seen.append(sorted(other.scalars(select(Model.name))))
+
+    with pytest.raises(RuntimeError), transaction(factory) as session:
+        after_commit(session, committed_names)
+        session.add(
+            Model(
+                name="lost", sha256="0" * 64, num_bytes=1, num_parameters=1, storage_path="/nowhere"
+            )
+        )
+        raise RuntimeError("the request failed")
+    with factory() as session:
+        session.add(
+            Model(name="kept", sha256="1" * 64, num_bytes=1, num_parameters=1, storage_path="/x")
+        )
+        after_commit(session, committed_names)
+        with pytest.raises(IntegrityError), session.begin_nested():
+            session.add(  # a refused savepoint does not drop the outer transaction's work
+                Model(
+                    name="kept", sha256="2" * 64, num_bytes=1, num_parameters=1, storage_path="/y"
+                )
+            )
+        assert seen == []  # not before the commit
+        session.commit()
+        assert seen == [["kept"]]  # once, after it, and not the rolled-back registration
+        session.add(
+            Model(name="next", sha256="3" * 64, num_bytes=1, num_parameters=1, storage_path="/z")
+        )
+        session.commit()
+    assert seen == [["kept"]]

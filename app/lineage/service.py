@@ -4,6 +4,7 @@ and no commit here; SQL lives in ``repository``, catalog records come from ``app
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -93,33 +94,15 @@ def model_detail(session: Session, name: str) -> dict:
     }
 
 
-def add_edge(
-    session: Session,
-    parent: Model,
-    child: Model,
-    *,
-    relation: str = "finetune",
-    score: float | None = None,
-    method: str | None = None,
-    scores: dict | None = None,
-    evidence: dict | None = None,
-    declared: bool = False,
-) -> dict | None:
-    """Write parent → child (or update that pair's edge) inside a savepoint. None when written;
-    when the graph refuses it (a self-edge, or a cycle), ``{"parent", "code", "message"}`` and
-    nothing written, the caller's transaction intact."""
+def add_edge(session: Session, parent: Model, child: Model, **fields: Any) -> dict | None:
+    """Write parent → child (or update that pair's edge) inside a savepoint; ``fields`` are
+    ``LineageRepository.add_edge``'s (relation, score, method, scores, evidence, declared).
+
+    None when written; when the graph refuses it (a self-edge, or a cycle),
+    ``{"parent", "code", "message"}`` and nothing written, the caller's transaction intact."""
     try:
         with session.begin_nested():
-            LineageRepository(session).add_edge(
-                parent.id,
-                child.id,
-                relation=relation,
-                score=score,
-                method=method,
-                scores=scores,
-                evidence=evidence,
-                declared=declared,
-            )
+            LineageRepository(session).add_edge(parent.id, child.id, **fields)
     except (CycleRefused, SelfEdge) as exc:
         return {"parent": parent.name, "code": exc.code, "message": exc.message}
     return None
