@@ -143,18 +143,13 @@ def detect(
 
 @cli.command()
 def methods() -> None:
-    """List the scoring methods."""
-    from app.engine.methods import AUTO, METHODS
+    """List every method `detect --method` accepts: name, kind and what it computes."""
+    from app.engine.methods import METHODS
 
-    typer.echo(
-        f"{AUTO:<16} combined   weight-space + function-space evidence, calibrated (default)"
-    )
-    typer.echo(f"{'detector':<16} {'trained':<10} the Lineage Detector (ours), shipped per family")
-    typer.echo(
-        f"{'detector-paper':<16} {'trained':<10} the paper's Lineage Detector, shipped per family"
-    )
+    name_width = max(len(name) for name in METHODS)
+    kind_width = max(len(method.kind) for method in METHODS.values())
     for method in METHODS.values():
-        typer.echo(f"{method.name:<16} {method.kind:<10} {method.description}")
+        typer.echo(f"{method.name:<{name_width}} {method.kind:<{kind_width}} {method.description}")
 
 
 @cli.command()
@@ -168,13 +163,12 @@ def demo(
     ),
 ) -> None:
     """Build a tiny zoo on this CPU, detect every child's parent and print the table."""
-    from app.demo import DEMO_CONFIGS
+    from app.demo import DEMO_CONFIGS, demo_methods
     from app.demo import demo as run
-    from app.engine.methods import method_names
 
     if family not in DEMO_CONFIGS:
         _fail(f"unknown family {family!r}; choose one of {', '.join(DEMO_CONFIGS)}")
-    methods = method_names() if all_methods else None
+    methods = demo_methods() if all_methods else None
     if out is None:
         with tempfile.TemporaryDirectory(prefix="lineage-demo-") as tmp:
             typer.echo(run(Path(tmp), family, methods))

@@ -16,7 +16,7 @@ from pathlib import Path
 from app.bench.zoo import CONFIGS
 from app.engine.architectures import build_network, open_model
 from app.engine.decision import rank_candidates
-from app.engine.methods import AUTO
+from app.engine.methods import AUTO, METHODS, MethodKind, method_names
 from app.engine.model_files import save_model
 from app.engine.training import digits_task, initial_state, permute_hidden_units, train
 
@@ -35,6 +35,11 @@ class DemoRow:
     @property
     def correct(self) -> bool:
         return self.truth == self.predicted
+
+
+def demo_methods() -> list[str]:
+    """Every method that ranks the demo's children: all but those for LoRA adapter children."""
+    return [m for m in method_names() if METHODS[m].kind is not MethodKind.ADAPTER]
 
 
 def build_demo_zoo(out: Path, family: str = "mlp", seed: int = 0) -> dict:
@@ -101,7 +106,7 @@ def run_demo(
         if entry["role"] == "parent":
             continue
         child = open_model(out / name, name)
-        ranking = rank_candidates(child, candidates)
+        ranking = rank_candidates(child, candidates, AUTO)
         truth = entry["parent"] if entry["parent"] != HELD_OUT else None
         rows.append(DemoRow(name, truth, ranking.decision.parent, ranking.decision.confidence))
         if truth is None:

@@ -29,13 +29,15 @@ from app.bench.report import NOTES_MARKER
 from app.bench.zoo import SPLITS
 from app.engine.architectures import open_model
 from app.engine.calibration import load_calibration
-from app.engine.decision import rank_candidates
+from app.engine.decision import names_none, rank_candidates
 from app.engine.detector import load_checkpoint
-from app.engine.methods import AUTO, DETECTOR_METHODS, METHODS
+from app.engine.methods import AUTO, PAIRWISE_KINDS, MethodKind, method_names
 from app.engine.metrics import SIMILARITY_GRADIENTS
 from tests.conftest import run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PAIRWISE = method_names(*PAIRWISE_KINDS)
+DETECTORS = method_names(MethodKind.TRAINED)
 
 
 def _one_error_line(result) -> str:
@@ -112,7 +114,7 @@ def test_bench_writes_report_plot_calibration_and_results(bench_run):
     table = _table_rows(report)
     for split in SPLITS:
         assert split in table["method"], f"no column for {split}"
-    for method in [AUTO, *DETECTOR_METHODS, *METHODS]:
+    for method in [AUTO, *DETECTORS, *PAIRWISE]:
         assert method in table, f"no row for {method}"
         assert len(table[method]) == len(table["method"]), method
     assert NOTES_MARKER in report
@@ -131,16 +133,16 @@ def test_bench_writes_report_plot_calibration_and_results(bench_run):
         assert calibration["taylor_alpha"][similarity] in ALPHA_GRID, similarity
     assert set(calibration["taylor_alpha"]) >= {"l1", "l2", "l4", "lse"}
     assert isinstance(calibration["open_set"], dict) and calibration["open_set"]
-    assert set(calibration["open_set"]) <= set(METHODS)
+    assert set(calibration["open_set"]) <= set(PAIRWISE)
 
     for seed in (0, *CALIBRATION_SEEDS):
         results = json.loads((bench_run["root"] / f"mlp-seed{seed}" / "results.json").read_text())
         assert results["family"] == "mlp" and results["seed"] == seed
         assert set(results["splits"]) == set(SPLITS)
-        assert set(METHODS) <= set(results["methods"])
+        assert set(PAIRWISE) <= set(results["methods"])
     # The detectors are trained on the calibration zoos and scored on the reported one only.
     reported = json.loads((bench_run["root"] / "mlp-seed0" / "results.json").read_text())
-    assert set(DETECTOR_METHODS) <= set(reported["methods"])
+    assert set(DETECTORS) <= set(reported["methods"])
     query = reported["splits"]["standard"][0]
     assert len(query["scores"]["detector"]) == len(query["candidates"])
     assert math.isfinite(query["none_score"]["detector-paper"])
@@ -293,8 +295,8 @@ def test_calibration_selects_the_informative_component_and_separates_orphans():
     threshold = calibration["auto"]["threshold"]
     assert max(orphan_margins) < threshold < min(positive_margins)
     # With that threshold, auto names the parent of every positive and no orphan's.
-    assert not any(scoring.names_none(AUTO, m, calibration) for m in positive_margins)
-    assert all(scoring.names_none(AUTO, m, calibration) for m in orphan_margins)
+    assert not any(names_none(AUTO, m, calibration) for m in positive_margins)
+    assert all(names_none(AUTO, m, calibration) for m in orphan_margins)
 
 
 def test_thresholds_fall_between_separable_margins():
@@ -334,6 +336,15 @@ def refusals(tmp_path_factory) -> dict[str, object]:
         "broken-manifest": ["bench", str(broken), *tiny],
         "family": ["bench", str(empty), "--families", "nope", *tiny],
         "method": ["bench", str(empty), "--families", "mlp", "--methods", "nope", *tiny],
+        "adapter-method": [
+            "bench",
+            str(empty),
+            "--families",
+            "mlp",
+            "--methods",
+            "adapter-alignment",
+            *tiny,
+        ],
         "seeds": ["bench", str(empty), "--families", "mlp", "--seeds", "0", *tiny],
     }
     with ThreadPoolExecutor(max_workers=len(commands)) as pool:
@@ -349,6 +360,7 @@ def refusals(tmp_path_factory) -> dict[str, object]:
         ("broken-manifest", "not valid JSON"),
         ("family", "nope"),
         ("method", "nope"),
+        ("adapter-method", "'adapter-alignment' (adapter) is not scored on model zoos"),
         ("seeds", "--seeds"),
     ],
 )

@@ -111,6 +111,10 @@ ERROR_CASES = {
         lambda p: [p["child"], "--parents", p["parent_a"], "--method", "telepathy"],
         ["unknown method 'telepathy'", "choose one of: auto"],
     ),
+    "adapter-method-on-a-plain-child": (
+        lambda p: [p["child"], "--parents", p["parent_a"], "--method", "adapter-alignment"],
+        ["adapter-alignment scores LoRA adapter children", "is not one"],
+    ),
     "unknown-option": (
         lambda p: [p["child"], "--parents", p["parent_a"], "--jsn"],
         ["unknown option '--jsn'", "lineage detect --help"],

@@ -8,7 +8,8 @@ import pytest
 
 from app.engine.architectures import open_model
 from app.engine.decision import rank_candidates
-from app.engine.methods import METHODS, method_names
+from app.engine.errors import InvalidArgument
+from app.engine.methods import METHODS, PAIRWISE_KINDS, MethodKind, method_names
 
 
 def detect_json(cli, child, parents, *extra) -> dict:
@@ -69,7 +70,7 @@ def test_permutation_defeats_plain_weight_distance_but_not_auto(mlp_zoo):
 def test_every_method_runs_and_names_a_candidate(mlp_zoo, cli):
     child, truth = mlp_zoo.children["child-0"]
     parents = mlp_zoo.candidates[:3]
-    for method in METHODS:
+    for method in method_names(*PAIRWISE_KINDS):
         out = detect_json(cli, child, parents, "--method", method) if method == "l1" else None
         ranking = rank_candidates(open_model(child), [open_model(p) for p in parents], method)
         assert ranking.decision.parent in {str(p) for p in parents}
@@ -137,8 +138,26 @@ def test_readable_table_without_json(mlp_zoo, cli):
 
 def test_methods_lists_the_registry(cli):
     result = cli("methods", check=True)
-    listed = [line.split()[0] for line in result.stdout.splitlines()]
-    assert listed == method_names()
+    rows = [line.split(maxsplit=2) for line in result.stdout.splitlines()]
+    assert [name for name, _, _ in rows] == method_names()
+    # Every name `detect --method` accepts, the adapters' included, each with its kind.
+    assert method_names()[0] == "auto"
+    assert {"auto", "detector", "detector-paper", "adapter-alignment"} <= set(method_names())
+    assert all(kind == METHODS[name].kind for name, kind, _ in rows)
+    assert [n for n, m in METHODS.items() if m.kind is MethodKind.ADAPTER] == ["adapter-alignment"]
+
+
+def test_adapter_alignment_on_a_plain_child_is_an_invalid_argument(mlp_zoo):
+    """Accepted by name (it is in the registry), refused for a full model with a clear error;
+    through `lineage detect` too (tests/test_cli_errors.py)."""
+    child, _ = mlp_zoo.children["child-0"]
+    parents = [open_model(p) for p in mlp_zoo.candidates[:2]]
+    with pytest.raises(InvalidArgument) as refused:
+        rank_candidates(open_model(child, "child-0"), parents, "adapter-alignment")
+    assert refused.value.code == "invalid_argument"
+    assert refused.value.message == (
+        "adapter-alignment scores LoRA adapter children; child-0 is not one"
+    )
 
 
 def test_without_configs_auto_uses_weight_evidence(mlp_zoo, tmp_path, cli):

@@ -14,13 +14,11 @@ from app.engine.detector import (
     DetectorError,
     DetectorExample,
     LineageDetector,
-    accuracy,
     collate,
     load_checkpoint,
-    predict,
     save_checkpoint,
-    train_detector,
 )
+from app.engine.detector_training import accuracy, predict, train_detector
 
 VARIANTS = [("paper", 0), ("ours", 0), ("ours", 3)]  # (variant, n_scores)
 

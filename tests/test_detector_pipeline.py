@@ -12,8 +12,9 @@ from app.bench.detector import train_on_zoos, zoo_examples
 from app.bench.zoo import CONFIGS, build_zoo, read_manifest
 from app.engine.architectures import open_model
 from app.engine.decision import rank_candidates
-from app.engine.detector import DetectorError, load_checkpoint
-from app.engine.detector_inputs import CHECKPOINT_DIR, SCORE_METHODS, load_detector
+from app.engine.detector import VARIANTS, DetectorError, load_checkpoint
+from app.engine.detector_inputs import CHECKPOINT_DIR, SCORE_METHODS, VARIANT_OF, load_detector
+from app.engine.methods import MethodKind, method_names
 from tests.conftest import run_cli
 
 
@@ -76,6 +77,11 @@ def test_method_detector_ranks_with_a_checkpoint_and_can_answer_none(trained, zo
     assert 0 < ranking.decision.confidence <= 1
     with pytest.raises(DetectorError, match="no trained paper detector"):
         rank_candidates(child, parents, "detector-paper", detector_dir=out.parent)
+
+
+def test_every_trained_method_has_a_detector_variant():
+    assert sorted(VARIANT_OF) == sorted(method_names(MethodKind.TRAINED))
+    assert sorted(VARIANT_OF.values()) == sorted(VARIANTS)
 
 
 def test_shipped_checkpoints_load_and_say_what_they_were_trained_on():

@@ -29,10 +29,10 @@ from datetime import date
 
 import numpy as np
 
-from app.bench.scoring import best_and_margin, decision_right, judged, scores
+from app.bench.scoring import decision_right, judged, scores
 from app.engine.calibration import REFERENCE_TAYLOR_ALPHA
-from app.engine.decision import DIRECTION, as_distance, log_distances
-from app.engine.methods import AUTO, METHODS
+from app.engine.decision import DIRECTION, evidence_margin, log_distances
+from app.engine.methods import AUTO, PAIRWISE_KINDS, as_distance, method_names
 from app.engine.metrics import SIMILARITY_GRADIENTS
 
 CALIBRATION_SEEDS = (100, 101)
@@ -118,7 +118,7 @@ def _labelled_margins(results: list[dict], method: str, calibration: dict):
         for queries in result["splits"].values():
             for query in queries:
                 values = scores(query, method, calibration)
-                best, margin = best_and_margin(method, values)
+                best, margin = evidence_margin(method, values)
                 margins.append(margin)
                 labels.append(int(query["candidates"][best] == query["truth"]))
     return np.array(margins), np.array(labels)
@@ -217,7 +217,7 @@ def calibrate(results: list[dict], base: dict, log=lambda _: None) -> dict:
     calibration["auto"]["threshold"] = round(threshold, 4)
     calibration["auto"]["scale"] = round(scale, 4)
     calibration["open_set"] = {}
-    for method in METHODS:
+    for method in method_names(*PAIRWISE_KINDS):
         if all(method in r["methods"] for r in results):
             margins, labels = _labelled_margins(results, method, calibration)
             calibration["open_set"][method] = round(balanced_threshold(margins, labels), 4)

@@ -28,11 +28,10 @@ from app.engine.detector import (
     DetectorConfig,
     DetectorExample,
     LineageDetector,
-    predict,
     save_checkpoint,
-    train_detector,
 )
 from app.engine.detector_inputs import LAYERS, SCORE_METHODS, query_example
+from app.engine.detector_training import predict, train_detector
 from app.engine.errors import InvalidArgument
 from app.engine.methods import PairContext
 from app.engine.probes import DEFAULT_NUM_PROBES

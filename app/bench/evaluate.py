@@ -29,7 +29,7 @@ from app.engine import weightspace
 from app.engine.architectures import open_model
 from app.engine.decision import rank_candidates
 from app.engine.detector_inputs import VARIANT_OF, detector_logits, load_detector
-from app.engine.methods import AUTO, DETECTOR_METHODS, METHODS, PairContext, network_for
+from app.engine.methods import AUTO, METHODS, MethodKind, PairContext, network_for
 from app.engine.metrics import SIMILARITY_GRADIENTS
 from app.engine.model_files import LoadedModel
 from app.engine.probes import DEFAULT_NUM_PROBES
@@ -105,16 +105,16 @@ def _score_query(
     detector_dir: Path | None = None,
 ) -> dict:
     child = model(query["child"])
-    registry = [m for m in methods if m in METHODS]
+    pairwise = [m for m in methods if METHODS[m].pairwise]
     scores: dict[str, list[float]] = {m: [] for m in methods}
     taylor: dict[str, list[list[float]]] = {s: [] for s in SIMILARITY_GRADIENTS}
     relative = []
-    wants_taylor = any(METHODS[m].kind == "taylor" for m in registry)
+    wants_taylor = any(METHODS[m].kind is MethodKind.TAYLOR for m in pairwise)
     contexts = []
     for name in query["candidates"]:
         ctx = PairContext(model(name), child, device, num_probes)
         contexts.append(ctx)
-        for method in registry:
+        for method in pairwise:
             scores[method].append(METHODS[method].score(ctx))
         if wants_taylor:
             for sim, (base, correction) in ctx.taylor_terms.items():
@@ -122,7 +122,7 @@ def _score_query(
         relative.append(weightspace.relative_l2_distance(ctx.parent, child))
     none_score = {}
     for method in methods:
-        if method in DETECTOR_METHODS:
+        if METHODS[method].kind is MethodKind.TRAINED:
             model_type = contexts[0].network.config.get("model_type")
             detector, _ = load_detector(model_type, VARIANT_OF[method], device, detector_dir)
             probs = torch.softmax(detector_logits(detector, contexts, device), 0).tolist()
@@ -167,7 +167,7 @@ def time_methods(
     )
     warm = PairContext(warm_parent, warm_child, device, num_probes)
     for method in methods:
-        if method in DETECTOR_METHODS:
+        if not METHODS[method].pairwise:
             rank_candidates(
                 warm_child,
                 [warm_parent],
@@ -189,7 +189,7 @@ def time_methods(
                 torch.cuda.synchronize(device)
             with PeakMemory(device) as memory:
                 started = time.perf_counter()
-                if method == AUTO or method in DETECTOR_METHODS:
+                if not METHODS[method].pairwise:  # auto and the detectors rank the set
                     rank_candidates(
                         child,
                         [parent],
@@ -298,7 +298,7 @@ def time_at_scale(
     save_model(folder / "child", child, SCALE_CONFIG)
     pairs = [("parent", "child")]
     # The detectors are trained per family; the MiniLM-sized pair (BERT) has none.
-    methods = [m for m in methods if m in METHODS]
+    methods = [m for m in methods if METHODS[m].pairwise]
     timings = time_methods(folder, pairs, methods, calibration, torch.device(device), num_probes)
     parameters = sum(v.numel() for v in parent.values() if v.is_floating_point())
     return {"model": "MiniLM-L6-H384 architecture", "parameters": parameters, "timings": timings}

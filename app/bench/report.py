@@ -18,7 +18,7 @@ from app.bench.evaluate import TIMING_PAIRS
 from app.bench.scoring import judged
 from app.bench.zoo import SPLITS
 from app.engine.calibration import taylor_alpha
-from app.engine.methods import AUTO, DETECTOR_METHODS, METHODS
+from app.engine.methods import AUTO, METHODS, MethodKind, method_names
 
 NOTES_MARKER = "<!-- reading: hand-written below this line, kept when the file is regenerated -->"
 FAMILY_TITLES = {
@@ -65,9 +65,9 @@ PAPER_OTHER = {
 
 
 def method_rows(methods: list[str]) -> list[str]:
-    """``auto`` first, then the detectors, then the registry's order."""
-    detectors = [m for m in DETECTOR_METHODS if m in methods]
-    return [AUTO, *detectors, *[m for m in METHODS if m in methods]]
+    """``auto`` (always: it is recombined from the others), then ``methods`` in the registry's
+    order (the detectors, then the pairwise methods)."""
+    return [m for m in method_names() if METHODS[m].kind is MethodKind.COMBINED or m in methods]
 
 
 def _mean_std(values: list[float]) -> str:
@@ -118,7 +118,7 @@ def summarize(results: list[dict], calibration: dict) -> dict:
             if method in result["timings"]:
                 timings[family][method].append(result["timings"][method])
         for method in methods:
-            if method in METHODS and METHODS[method].kind == "taylor":
+            if METHODS[method].kind is MethodKind.TAYLOR:
                 for alpha in ALPHA_GRID:
                     cells = [
                         statistics.fmean(

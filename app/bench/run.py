@@ -24,9 +24,13 @@ from app.engine.decision import DIRECTION
 from app.engine.detector import VARIANTS
 from app.engine.detector_inputs import CHECKPOINT_DIR, load_detector
 from app.engine.errors import InvalidArgument
-from app.engine.methods import AUTO, DETECTOR_METHODS, METHODS
+from app.engine.methods import AUTO, METHODS, PAIRWISE_KINDS, MethodKind, method_names
 
 RESULTS = "results.json"
+# What a zoo is scored with: the trained detectors and every pairwise method. ``auto`` is
+# recombined from their stored scores; ``adapter-alignment`` needs LoRA adapter children, which
+# the zoos do not hold (scripts/adapter_bench.py measures it).
+BENCH_KINDS = (MethodKind.TRAINED, *PAIRWISE_KINDS)
 
 
 def default_calibration_path() -> Path:
@@ -35,19 +39,22 @@ def default_calibration_path() -> Path:
 
 
 def resolve_methods(requested: list[str] | None, calibration: dict, calibrating: bool) -> list[str]:
-    """The methods to score: those asked for (default all, detectors included), plus what
-    ``auto`` needs; detectors last."""
-    names = [m for m in (requested or [*DETECTOR_METHODS, *METHODS]) if m != AUTO]
-    unknown = [m for m in names if m not in METHODS and m not in DETECTOR_METHODS]
-    if unknown:
-        raise InvalidArgument(
-            f"unknown method {unknown[0]!r}; choose from: "
-            f"{', '.join([*DETECTOR_METHODS, *METHODS])} (or auto)"
-        )
+    """The methods to score: those asked for (default every method of ``BENCH_KINDS``, the
+    detectors included), plus what ``auto`` needs; detectors last."""
+    benchmarked = method_names(*BENCH_KINDS)
+    combined = method_names(MethodKind.COMBINED)
+    names = [m for m in (requested or benchmarked) if m not in combined]
+    for name in names:
+        if name not in benchmarked:
+            why = f"unknown method {name!r}"
+            if name in METHODS:
+                why = f"{name!r} ({METHODS[name].kind}) is not scored on model zoos"
+            raise InvalidArgument(f"{why}; choose from: {', '.join(benchmarked)} (or {AUTO})")
     needed = list(AUTO_POOL) if calibrating else list(calibration["auto"]["noise"])
     needed = [m for m in needed if m != DIRECTION]
     wanted = set(names) | set(needed)
-    return [m for m in METHODS if m in wanted] + [m for m in DETECTOR_METHODS if m in wanted]
+    pairwise = [m for m in method_names(*PAIRWISE_KINDS) if m in wanted]
+    return pairwise + [m for m in method_names(MethodKind.TRAINED) if m in wanted]
 
 
 def shipped_records(families: list[str], directory: Path | None) -> list[dict]:
@@ -118,6 +125,7 @@ def train_detectors(
 
 
 def zoo_path(root: Path, family: str, seed: int) -> Path:
+    """The folder of the zoo of ``family`` and ``seed`` in the benchmark folder ``root``."""
     return root / f"{family}-seed{seed}"
 
 
@@ -189,6 +197,7 @@ def run_bench(
         raise InvalidArgument("--seeds must be at least 1")
     calibration = load_calibration()
     scored = resolve_methods(methods, calibration, calibrate_into is not None)
+    trains = any(METHODS[m].kind is MethodKind.TRAINED for m in scored)
     options = {"device": device, "probes": probes, "detector_dir": detectors_into}
     if (root / MANIFEST).is_file():
         manifest = read_manifest(root)
@@ -198,12 +207,12 @@ def run_bench(
             raise InvalidArgument("--calibrate needs a benchmark folder, not a single zoo")
     else:
         plan = [(zoo_path(root, f, s), f, s) for f in families for s in range(seeds)]
-    registry = [m for m in scored if m in METHODS]
+    pairwise = [m for m in scored if METHODS[m].pairwise]
     detector_records = []
     if calibrate_into is not None:
         cal_results = [
             _zoo_results(
-                zoo_path(root, f, seed), f, seed, size, registry, None, options, reuse, log
+                zoo_path(root, f, seed), f, seed, size, pairwise, None, options, reuse, log
             )
             for f in families
             for seed in CALIBRATION_SEEDS
@@ -212,7 +221,7 @@ def run_bench(
         calibration["auto"].pop("defer_to_detector", None)  # decided anew below, if trained
         calibrate_into.write_text(json.dumps(calibration, indent=2) + "\n")
         log(f"calibration written to {calibrate_into}")
-        if detectors_into is not None and any(m in DETECTOR_METHODS for m in scored):
+        if detectors_into is not None and trains:
             detector_records = train_detectors(
                 root, families, size, detectors_into, options, log, detector_epochs
             )
@@ -237,7 +246,7 @@ def run_bench(
         if out.is_file() and NOTES_MARKER in out.read_text():
             notes = out.read_text().split(NOTES_MARKER, 1)[1]
         plot_name = out.with_suffix(".png").name
-    if not detector_records and any(m in DETECTOR_METHODS for m in scored):
+    if not detector_records and trains:
         detector_records = shipped_records(families, detectors_into)
     summary = summarize(results, calibration)
     report = render(

@@ -250,6 +250,7 @@ def alignment(
 
 
 def check_adapter_method(method: str, auto: str) -> None:
+    """``InvalidArgument`` unless ``method`` scores an adapter child: ``auto`` or ``METHOD``."""
     if method not in (auto, METHOD):
         raise InvalidArgument(
             f"the child is a LoRA adapter: it is scored by {METHOD!r} (or 'auto'), not {method!r}"

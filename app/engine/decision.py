@@ -18,12 +18,17 @@ candidate is the parent. With a single candidate there is no runner-up: the marg
 log(ρ₀ / ρ) for the relative weight distance ρ = ‖θ_c − θ_p‖/‖θ_p‖. (Not the spectral analogue:
 networks of the same shape trained independently have alike spectra, so it cannot tell a stranger
 from a relative on its own; a permuted child therefore needs other candidates to be recognised.)
+
+The rule (``evidence_margin``: a margin from a method's scores; ``names_none``: when a margin
+means "no parent") is also how the benchmark judges every method: a single method's margin is
+then in −log D units and its threshold the open-set one fitted on the calibration zoos, while
+the engine's own answer with a single method always names its best candidate, uncalibrated.
+A trained detector answers "no parent" when its no-parent token wins (``no_parent_wins``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,45 +36,20 @@ import torch
 from app.engine import adapters, weightspace
 from app.engine.calibration import load_calibration
 from app.engine.detector import DetectorError
+from app.engine.detector_inputs import VARIANT_OF, detector_logits, load_detector, pair_inputs
 from app.engine.errors import IncompatibleModels, InvalidArgument, InvalidConfig, ShapeMismatch
-from app.engine.methods import AUTO, DETECTOR_METHODS, PairContext, get_method, network_for
+from app.engine.methods import (
+    AUTO,
+    MethodKind,
+    PairContext,
+    as_distance,
+    get_method,
+    neg_log_distance,
+    network_for,
+)
 from app.engine.model_files import LoadedModel
 from app.engine.probes import DEFAULT_NUM_PROBES, DEFAULT_PROBE_SEED, probe_inputs
-
-
-@dataclass
-class CandidateScore:
-    parent: str
-    score: float
-    scores: dict[str, float]
-
-
-@dataclass
-class Skipped:
-    parent: str
-    reason: str
-
-
-@dataclass
-class Decision:
-    parent: str | None
-    confidence: float
-    method: str
-    best: str | None
-    margin: float
-    calibrated: bool
-
-
-@dataclass
-class Ranking:
-    child: str
-    decision: Decision
-    candidates: list[CandidateScore]
-    skipped: list[Skipped] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        """The public JSON shape of ``lineage detect --json`` (see shared/design.md)."""
-        return asdict(self)
+from app.engine.results import CandidateScore, Decision, Ranking, Skipped
 
 
 def _sigmoid(x: float) -> float:
@@ -81,11 +61,6 @@ def log_distances(distances: list[float]) -> torch.Tensor:
     values = torch.tensor(distances, dtype=torch.float64).clamp_min(0.0)
     floor = 1e-12 * float(values.max()) + 1e-30
     return values.clamp_min(floor).log()
-
-
-def as_distance(method: str, score: float) -> float:
-    """D ≥ 0 from a method's score: −s for distance-type methods, 1 − s for bounded similarities."""
-    return -score if get_method(method).distance else 1.0 - score
 
 
 def auto_scores(component_scores: dict[str, list[float]], noise: dict[str, float]) -> list[float]:
@@ -127,7 +102,7 @@ def combine_auto(
     # candidate in weight space (permuted units, trained from scratch).
     near = nearest_relative <= calibration["auto"]["linearization_max_relative"]
     if not near:
-        usable = [m for m in usable if get_method(m).kind != "linearized"]
+        usable = [m for m in usable if get_method(m).kind is not MethodKind.LINEARIZED]
     combined = [0.0] * len(candidate_scores)
     if usable:
         combined = auto_scores({m: [s[m] for s in candidate_scores] for m in usable}, noise)
@@ -138,6 +113,51 @@ def combine_auto(
     return combined
 
 
+# --- the decision rule: margins, and when a margin means "no parent" ----------------------------
+
+# Kinds whose scores are a distance or a similarity in their own units: compared as −log D.
+_LOG_DISTANCE_KINDS = frozenset({MethodKind.DIRECT, MethodKind.LINEARIZED, MethodKind.WEIGHT})
+
+
+def evidence(method: str, scores: list[float]) -> list[float]:
+    """Scores on a scale where differences compare across queries: −log D for direct,
+    linearised and weight-space methods (D = ``as_distance``), the scores themselves for
+    ``auto`` (already in noise units), Taylor scores, the detectors' probabilities and adapter
+    alignments."""
+    if get_method(method).kind in _LOG_DISTANCE_KINDS:
+        return [neg_log_distance(method, s) for s in scores]
+    return list(scores)
+
+
+def evidence_margin(method: str, scores: list[float]) -> tuple[int, float]:
+    """(index of the best candidate, margin e(best) − e(runner-up)) in ``evidence`` units e;
+    the margin is infinite with a single candidate."""
+    e = evidence(method, scores)
+    order = sorted(range(len(e)), key=lambda i: -e[i])
+    margin = e[order[0]] - e[order[1]] if len(e) > 1 else math.inf
+    return order[0], margin
+
+
+def none_threshold(method: str, calibration: dict) -> float | None:
+    """The calibrated margin below which ``method`` answers "no parent": ``auto``'s decision
+    threshold, or a single method's open-set threshold (None: never calibrated, always names)."""
+    if get_method(method).kind is MethodKind.COMBINED:
+        return calibration["auto"]["threshold"]
+    return calibration.get("open_set", {}).get(method)
+
+
+def names_none(method: str, margin: float, calibration: dict) -> bool:
+    """Whether ``method``'s evidence margin means "no parent": below its ``none_threshold``."""
+    threshold = none_threshold(method, calibration)
+    return threshold is not None and margin < threshold
+
+
+def no_parent_wins(best: float, no_parent: float) -> bool:
+    """A trained detector answers "no parent" when its no-parent token is more probable than
+    its best candidate."""
+    return no_parent > best
+
+
 def decide(
     names: list[str],
     scores: list[float],
@@ -146,11 +166,11 @@ def decide(
     single_candidate_relative: float | None = None,
 ) -> Decision:
     """Best candidate, margin, calibrated confidence, or no parent (see module docstring)."""
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
-    best = order[0]
-    if method != AUTO:
+    if get_method(method).kind is not MethodKind.COMBINED:
         # A single method always names its best candidate; its confidence is the softmax share of
         # the best after standardising scores across candidates: informative, not calibrated.
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])
+        best = order[0]
         values = torch.tensor(scores, dtype=torch.float64)
         spread = float(values.std()) if len(scores) > 1 else 0.0
         z = (values - values.mean()) / spread if spread > 0 else torch.zeros_like(values)
@@ -158,16 +178,21 @@ def decide(
         margin = float(z[order[0]] - z[order[1]]) if len(scores) > 1 else 0.0
         return Decision(names[best], share, method, names[best], margin, False)
     auto = calibration["auto"]
+    best, margin = evidence_margin(method, scores)
     if len(scores) > 1:
-        margin = scores[best] - scores[order[1]]
-        threshold, scale = auto["threshold"], auto["scale"]
+        threshold, scale = none_threshold(method, calibration), auto["scale"]
+        named = not names_none(method, margin, calibration)
     else:
         margin = math.log(auto["single_relative_distance"] / max(single_candidate_relative, 1e-30))
         threshold, scale = 0.0, auto["single_scale"]
+        named = margin >= threshold
     p_parent = _sigmoid((margin - threshold) / scale)
-    if margin >= threshold:
+    if named:
         return Decision(names[best], p_parent, method, names[best], margin, True)
     return Decision(None, 1.0 - p_parent, method, names[best], margin, True)
+
+
+# --- ranking: dispatched on the method's kind ---------------------------------------------------
 
 
 def rank_candidates(
@@ -184,6 +209,10 @@ def rank_candidates(
 ) -> Ranking:
     """Score every candidate parent of ``child`` and decide; candidates best first.
 
+    The method's kind says how: a LoRA adapter child is ranked by ``rank_adapter`` (``auto`` or
+    ``adapter-alignment``; the latter on any other child is an ``InvalidArgument``), a trained
+    method by ``rank_with_detector``, ``auto`` by combining its components (or by the detector,
+    where the calibration defers to it), a pairwise method by its own score.
     Candidates that share no comparable tensor with the child, or (for a function-space method)
     whose architecture the child does not fit, are listed in ``skipped`` with the reason.
     Raises ``IncompatibleModels`` when no candidate remains.
@@ -195,15 +224,17 @@ def rank_candidates(
         return rank_adapter(
             child, parents, device=device, num_probes=num_probes, probe_seed=probe_seed
         )
+    kind = get_method(method).kind
+    if kind is MethodKind.ADAPTER:
+        raise InvalidArgument(f"{method} scores LoRA adapter children; {child.name} is not one")
     calibration = calibration or load_calibration()
-    detector = method if method in DETECTOR_METHODS else None
-    if method == AUTO and child.model_type in calibration["auto"].get("defer_to_detector", {}):
+    detector = method if kind is MethodKind.TRAINED else None
+    combined = kind is MethodKind.COMBINED
+    if combined and child.model_type in calibration["auto"].get("defer_to_detector", {}):
         # The benchmark found the trained detector the better evidence for this architecture
         # (``lineage bench --calibrate``); without a usable checkpoint auto answers as usual.
         detector = "detector"
     if detector is not None:
-        from app.engine.detector_inputs import rank_with_detector
-
         try:
             return rank_with_detector(
                 child,
@@ -215,12 +246,12 @@ def rank_candidates(
                 directory=detector_dir,
             )
         except (DetectorError, IncompatibleModels):
-            if method != AUTO:
+            if not combined:
                 raise
-    if method == AUTO:
+    if combined:
         components = [m for m in calibration["auto"]["noise"] if m != DIRECTION]
     else:
-        components = [get_method(method).name]
+        components = [method]
     kept: list[tuple[LoadedModel, dict[str, float]]] = []
     skipped: list[Skipped] = []
     for parent in parents:
@@ -235,7 +266,7 @@ def rank_candidates(
             try:
                 scores[name] = get_method(name).score(ctx)
             except IncompatibleModels as exc:
-                if method != AUTO:
+                if not combined:
                     skipped.append(Skipped(parent.name, exc.message))
                     break
         else:
@@ -244,7 +275,7 @@ def rank_candidates(
         reasons = "; ".join(f"{s.parent}: {s.reason}" for s in skipped)
         raise IncompatibleModels(f"no candidate can be compared with {child.name} ({reasons})")
     relative = None  # with one candidate, auto's margin is its relative weight distance
-    if method == AUTO:
+    if combined:
         nearest = min(weightspace.relative_l2_distance(p, child) for p, _ in kept)
         relative = nearest if len(kept) == 1 else None
         outward = None
@@ -258,6 +289,52 @@ def rank_candidates(
     candidates = [
         CandidateScore(p.name, score, scores)
         for (p, scores), score in sorted(zip(kept, combined, strict=True), key=lambda t: -t[1])
+    ]
+    return Ranking(child.name, decision, candidates, skipped)
+
+
+def rank_with_detector(
+    child: LoadedModel,
+    parents: list[LoadedModel],
+    method: str,
+    *,
+    device: torch.device | str = "cpu",
+    num_probes: int = DEFAULT_NUM_PROBES,
+    probe_seed: int = DEFAULT_PROBE_SEED,
+    directory: Path | None = None,
+) -> Ranking:
+    """Rank candidates with the shipped detector (or ``directory``'s): softmax over candidates
+    and "no parent"; the best is named unless ``no_parent_wins``."""
+    kept: list[PairContext] = []
+    skipped: list[Skipped] = []
+    for parent in parents:
+        ctx = PairContext(parent, child, device, num_probes, probe_seed)
+        try:
+            weightspace.matched_tensors(parent, child)
+            pair_inputs(ctx)
+        except IncompatibleModels as exc:
+            skipped.append(Skipped(parent.name, exc.message))
+            continue
+        kept.append(ctx)
+    if not kept:
+        reasons = "; ".join(f"{s.parent}: {s.reason}" for s in skipped)
+        raise IncompatibleModels(f"no candidate can be compared with {child.name} ({reasons})")
+    model_type = kept[0].network.config.get("model_type")
+    model, _ = load_detector(model_type, VARIANT_OF[method], device, directory)
+    logits = detector_logits(model, kept, device)
+    probs = torch.softmax(logits, 0)
+    order = sorted(range(len(kept)), key=lambda i: -float(logits[i]))
+    best = order[0]
+    # Margin over the runner-up candidate (over "none" when there is a single candidate).
+    runner_up = float(probs[order[1]]) if len(order) > 1 else float(probs[-1])
+    margin = float(probs[best]) - runner_up
+    names = [ctx.parent.name for ctx in kept]
+    if no_parent_wins(float(probs[best]), float(probs[-1])):
+        decision = Decision(None, float(probs[-1]), method, names[best], margin, False)
+    else:
+        decision = Decision(names[best], float(probs[best]), method, names[best], margin, False)
+    candidates = [
+        CandidateScore(names[i], float(probs[i]), {method: float(probs[i])}) for i in order
     ]
     return Ranking(child.name, decision, candidates, skipped)
 

@@ -26,16 +26,15 @@ Two variants share that interface:
   attend to each other in a second block, so each logit can depend on the rival candidates.
 
 Checkpoints are safetensors files with the config and a free-form JSON record in their metadata;
-nothing is ever unpickled.
+nothing is ever unpickled. Training and evaluation live in ``detector_training``.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -61,7 +60,8 @@ class DetectorError(LineageError):
     code = "detector_error"
 
 
-def _is_int(value: object) -> bool:
+def is_integer(value: object) -> bool:
+    """An ``int`` that is not a ``bool`` (which JSON and keyword arguments would let through)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -87,7 +87,7 @@ class DetectorConfig:
             )
         for name, low in (("embed_dim", 1), ("n_scores", 0), ("heads", 1), ("max_side", 3)):
             value = getattr(self, name)
-            if not _is_int(value) or value < low:
+            if not is_integer(value) or value < low:
                 raise DetectorError(f"detector {name} must be an integer >= {low}, got {value!r}")
         if self.embed_dim % self.heads:
             raise DetectorError(
@@ -451,7 +451,7 @@ def load_checkpoint(
     return model.eval(), record
 
 
-# --- training ----------------------------------------------------------------------------------
+# --- the examples a detector reads -----------------------------------------------------------
 
 
 @dataclass
@@ -468,7 +468,8 @@ class DetectorExample:
         return self.weights.shape[0]
 
 
-def _check_example(example: DetectorExample, i: int) -> None:
+def check_example(example: DetectorExample, i: int) -> None:
+    """``DetectorError`` naming example ``i`` unless its tensors and target fit together."""
     w, f, s = example.weights, example.features, example.scores
     if w.ndim != 4 or w.shape[1] != 2 or 0 in w.shape:
         raise DetectorError(f"example {i}: weights must be (K, 2, H, W), got {tuple(w.shape)}")
@@ -477,11 +478,12 @@ def _check_example(example: DetectorExample, i: int) -> None:
         raise DetectorError(f"example {i}: features must be ({k}, 2, N, D), got {tuple(f.shape)}")
     if s is not None and (s.ndim != 2 or s.shape[0] != k):
         raise DetectorError(f"example {i}: scores must be ({k}, S), got {tuple(s.shape)}")
-    if not _is_int(example.target) or not 0 <= example.target <= k:
+    if not is_integer(example.target) or not 0 <= example.target <= k:
         raise DetectorError(f"example {i}: target {example.target!r} is not in 0..{k}")
 
 
-def _signature(example: DetectorExample) -> tuple:
+def example_signature(example: DetectorExample) -> tuple:
+    """The shapes a batch must share: (weights (2, H, W), features (2, N, D), S or None)."""
     scores = None if example.scores is None else example.scores.shape[1]
     return tuple(example.weights.shape[1:]), tuple(example.features.shape[1:]), scores
 
@@ -496,12 +498,13 @@ def collate(
     if not examples:
         raise DetectorError("cannot collate an empty batch")
     for i, example in enumerate(examples):
-        _check_example(example, i)
-    first = _signature(examples[0])
+        check_example(example, i)
+    first = example_signature(examples[0])
     for i, example in enumerate(examples):
-        if _signature(example) != first:
+        shapes = example_signature(example)
+        if shapes != first:
             raise DetectorError(
-                f"example {i} has (weights, features, scores) shapes {_signature(example)} but "
+                f"example {i} has (weights, features, scores) shapes {shapes} but "
                 f"example 0 has {first}; a batch must share H, W, N, D and S"
             )
     batch, k = len(examples), max(e.num_candidates for e in examples)
@@ -518,178 +521,3 @@ def collate(
             scores[i, :n] = e.scores
         targets[i] = k if e.target == n else e.target
     return weights, features, scores, mask, targets
-
-
-def _batches(
-    examples: Sequence[DetectorExample], batch_size: int, generator: torch.Generator | None = None
-) -> list[list[int]]:
-    """Index batches of examples with equal shapes; shuffled when a generator is given."""
-    groups: dict[tuple, list[int]] = {}
-    for i, example in enumerate(examples):
-        groups.setdefault(_signature(example), []).append(i)
-    batches = []
-    for indices in groups.values():
-        if generator is not None:
-            indices = [indices[j] for j in torch.randperm(len(indices), generator=generator)]
-        batches += [indices[s : s + batch_size] for s in range(0, len(indices), batch_size)]
-    if generator is not None:
-        batches = [batches[j] for j in torch.randperm(len(batches), generator=generator)]
-    return batches
-
-
-def _shuffle_candidates(example: DetectorExample, generator: torch.Generator) -> DetectorExample:
-    """The same query with its candidates in random order, so that no position can be learnt."""
-    k = example.num_candidates
-    perm = torch.randperm(k, generator=generator)
-    target = k if example.target == k else int((perm == example.target).nonzero())
-    scores = None if example.scores is None else example.scores[perm]
-    return DetectorExample(example.weights[perm], example.features[perm], scores, target)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _logits(
-    model: LineageDetector, batch: list[DetectorExample]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    weights, features, scores, mask, targets = collate(batch)
-    device = _device_of(model)
-    scores = None if scores is None else scores.to(device)
-    logits = model(weights.to(device), features.to(device), scores, mask.to(device))
-    return logits, targets.to(device)
-
-
-def _check_training_set(
-    examples: Sequence[DetectorExample], config: DetectorConfig, name: str
-) -> None:
-    if not examples:
-        raise DetectorError(f"the {name} set is empty")
-    for i, example in enumerate(examples):
-        _check_example(example, i)
-        n_scores = 0 if example.scores is None else example.scores.shape[1]
-        if n_scores != config.n_scores:
-            raise DetectorError(
-                f"{name} example {i} has {n_scores} scores per candidate, the config "
-                f"{config.n_scores}"
-            )
-        if example.target == example.num_candidates and not config.no_parent:
-            raise DetectorError(
-                f"{name} example {i} has no parent but the config has no_parent=False"
-            )
-
-
-@torch.no_grad()
-def _evaluate(
-    model: LineageDetector, examples: Sequence[DetectorExample], batch_size: int
-) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) in eval mode."""
-    model.eval()
-    loss = correct = 0.0
-    for indices in _batches(examples, batch_size):
-        logits, targets = _logits(model, [examples[i] for i in indices])
-        loss += float(F.cross_entropy(logits, targets, reduction="sum"))
-        correct += int((logits.argmax(1) == targets).sum())
-    return loss / len(examples), correct / len(examples)
-
-
-def train_detector(
-    train: list[DetectorExample],
-    config: DetectorConfig,
-    *,
-    epochs: int = 30,
-    lr: float = 3e-3,
-    batch_size: int = 16,
-    weight_decay: float = 0.01,
-    shuffle_candidates: bool = True,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    valid: list[DetectorExample] | None = None,
-    log: Callable[[dict], None] | None = None,
-) -> tuple[LineageDetector, list[dict]]:
-    """Train with AdamW and cross-entropy against the target; (model in eval mode, history).
-
-    Deterministic on the CPU for a given ``seed``. With ``valid`` the returned weights are those of
-    the epoch with the best validation accuracy (ties: lower validation loss), else the last.
-    Each history row (also passed to ``log``) holds epoch, loss, train_accuracy and, with
-    ``valid``, valid_loss and valid_accuracy.
-    """
-    _check_training_set(train, config, "training")
-    if valid is not None:
-        _check_training_set(valid, config, "validation")
-    if not _is_int(epochs) or epochs < 1 or not _is_int(batch_size) or batch_size < 1:
-        raise DetectorError(f"epochs and batch_size must be positive, got {epochs}, {batch_size}")
-    if not lr > 0:
-        raise DetectorError(f"learning rate must be positive, got {lr}")
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    model = LineageDetector(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    history: list[dict] = []
-    best_key, best_state = None, None
-    for epoch in range(1, epochs + 1):
-        model.train()
-        total_loss, correct = 0.0, 0
-        for indices in _batches(train, batch_size, generator):
-            batch = [train[i] for i in indices]
-            if shuffle_candidates:
-                batch = [_shuffle_candidates(e, generator) for e in batch]
-            logits, targets = _logits(model, batch)
-            loss = F.cross_entropy(logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            total_loss += loss.item() * len(batch)
-            correct += int((logits.argmax(1) == targets).sum())
-        schedule.step()
-        row = {
-            "epoch": epoch,
-            "loss": total_loss / len(train),
-            "train_accuracy": correct / len(train),
-        }
-        if valid is not None:
-            row["valid_loss"], row["valid_accuracy"] = _evaluate(model, valid, batch_size)
-            key = (row["valid_accuracy"], -row["valid_loss"])
-            if best_key is None or key > best_key:
-                best_key, best_state = key, copy.deepcopy(model.state_dict())
-        history.append(row)
-        if log is not None:
-            log(row)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return model.eval(), history
-
-
-@torch.no_grad()
-def predict(
-    model: LineageDetector, examples: Sequence[DetectorExample], batch_size: int = 64
-) -> list[tuple[int, list[float]]]:
-    """Per example: (argmax index, K_i meaning no parent; softmax probabilities of its K_i
-    candidates, then of "no parent" when the model has it)."""
-    model.eval()
-    results: list[tuple[int, list[float]] | None] = [None] * len(examples)
-    for indices in _batches(examples, batch_size):
-        batch = [examples[i] for i in indices]
-        logits, _ = _logits(model, batch)
-        k = logits.shape[1] - (1 if model.no_parent is not None else 0)
-        for row, i, example in zip(logits, indices, batch, strict=True):
-            n = example.num_candidates
-            columns = list(range(n)) + ([k] if model.no_parent is not None else [])
-            probs = torch.softmax(row[columns].float(), dim=0)
-            results[i] = (int(probs.argmax()), probs.tolist())
-    return results
-
-
-def accuracy(
-    model: LineageDetector, examples: Sequence[DetectorExample], batch_size: int = 64
-) -> float:
-    """Fraction of examples whose predicted index (K_i for no parent) equals the target."""
-    if not examples:
-        raise DetectorError("accuracy of an empty set is undefined")
-    hits = sum(
-        index == e.target
-        for (index, _), e in zip(predict(model, examples, batch_size), examples, strict=True)
-    )
-    return hits / len(examples)

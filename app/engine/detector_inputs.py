@@ -9,6 +9,8 @@
   logits, or the last hidden state of a ``transformers`` model), candidate and child, (N, D).
 - **Scores** (``ours`` only): the learning-free evidence of ``SCORE_METHODS``, each as −log
   distance (higher = closer), standardised across the query's candidates.
+
+The shipped checkpoints are found and loaded here; ``decision.rank_with_detector`` ranks with them.
 """
 
 from __future__ import annotations
@@ -19,14 +21,6 @@ from pathlib import Path
 
 import torch
 
-from app.engine import weightspace
-from app.engine.decision import (
-    CandidateScore,
-    Decision,
-    Ranking,
-    Skipped,
-    as_distance,
-)
 from app.engine.detector import (
     DetectorError,
     DetectorExample,
@@ -35,9 +29,7 @@ from app.engine.detector import (
     load_checkpoint,
 )
 from app.engine.errors import IncompatibleModels
-from app.engine.methods import PairContext, get_method
-from app.engine.model_files import LoadedModel
-from app.engine.probes import DEFAULT_NUM_PROBES, DEFAULT_PROBE_SEED
+from app.engine.methods import PairContext, get_method, neg_log_distance
 
 LAYERS = {
     "lineage-mlp": "layers.1.weight",
@@ -84,8 +76,7 @@ def query_scores(contexts: list[PairContext]) -> torch.Tensor:
         values = []
         for ctx in contexts:
             try:
-                score = get_method(method).score(ctx)
-                values.append(-math.log(max(as_distance(method, score), 1e-30)))
+                values.append(neg_log_distance(method, get_method(method).score(ctx)))
             except IncompatibleModels:
                 values.append(math.nan)
         column = torch.tensor(values, dtype=torch.float32)
@@ -111,7 +102,7 @@ def query_example(contexts: list[PairContext], target: int, with_scores: bool) -
     return DetectorExample(weights, features, scores, target)
 
 
-# --- the shipped checkpoints and ranking with them ----------------------------------------------
+# --- the shipped checkpoints and the logits of one query --------------------------------------
 
 CHECKPOINT_DIR = Path(__file__).parent / "detectors"
 # Method name → variant of the shipped checkpoint it uses.
@@ -119,6 +110,7 @@ VARIANT_OF = {"detector": "ours", "detector-paper": "paper"}
 
 
 def checkpoint_path(model_type: str | None, variant: str, directory: Path | None = None) -> Path:
+    """Where the ``variant`` detector of ``model_type`` is (shipped, or in ``directory``)."""
     return (directory or CHECKPOINT_DIR) / f"{model_type}-{variant}.safetensors"
 
 
@@ -161,49 +153,3 @@ def detector_logits(
             mask.to(device),
         )
     return logits[0].cpu()
-
-
-def rank_with_detector(
-    child: LoadedModel,
-    parents: list[LoadedModel],
-    method: str,
-    *,
-    device: torch.device | str = "cpu",
-    num_probes: int = DEFAULT_NUM_PROBES,
-    probe_seed: int = DEFAULT_PROBE_SEED,
-    directory: Path | None = None,
-) -> Ranking:
-    """Rank candidates with the shipped detector (or ``directory``'s): softmax over candidates
-    and "no parent"."""
-    kept: list[PairContext] = []
-    skipped: list[Skipped] = []
-    for parent in parents:
-        ctx = PairContext(parent, child, device, num_probes, probe_seed)
-        try:
-            weightspace.matched_tensors(parent, child)
-            pair_inputs(ctx)
-        except IncompatibleModels as exc:
-            skipped.append(Skipped(parent.name, exc.message))
-            continue
-        kept.append(ctx)
-    if not kept:
-        reasons = "; ".join(f"{s.parent}: {s.reason}" for s in skipped)
-        raise IncompatibleModels(f"no candidate can be compared with {child.name} ({reasons})")
-    model_type = kept[0].network.config.get("model_type")
-    model, _ = load_detector(model_type, VARIANT_OF[method], device, directory)
-    logits = detector_logits(model, kept, device)
-    probs = torch.softmax(logits, 0)
-    order = sorted(range(len(kept)), key=lambda i: -float(logits[i]))
-    best = order[0]
-    # Margin over the runner-up candidate (over "none" when there is a single candidate).
-    runner_up = float(probs[order[1]]) if len(order) > 1 else float(probs[-1])
-    margin = float(probs[best]) - runner_up
-    names = [ctx.parent.name for ctx in kept]
-    if float(probs[-1]) > float(probs[best]):
-        decision = Decision(None, float(probs[-1]), method, names[best], margin, False)
-    else:
-        decision = Decision(names[best], float(probs[best]), method, names[best], margin, False)
-    candidates = [
-        CandidateScore(names[i], float(probs[i]), {method: float(probs[i])}) for i in order
-    ]
-    return Ranking(child.name, decision, candidates, skipped)

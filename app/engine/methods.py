@@ -1,12 +1,17 @@
-"""The registry of scoring methods: one dict from name to method, shared by CLI, service and bench.
+"""The registry of methods: one dict from name to method, shared by CLI, service and bench.
 
-A method scores one (candidate parent, child) pair; higher means "more likely the parent".
-Families:
-- direct ("w/o approx" in the paper): s(f_p, f_c) for each similarity;
-- ``lin-*``, exact linearisation: s(f̄_p, f_c) with f̄_p from one JVP;
-- ``taylor-*``, the paper's shortcut: s(f_p, f_c) + α·Π·JΔθ from one VJP;
-- ``weight-*``: weight space, no forward pass (``weight-spectrum`` is permutation-robust).
-``auto`` combines several of these across the candidate set (see ``decision.py``).
+Every name that ``lineage detect --method`` and ``POST /detect`` accept is an entry of ``METHODS``,
+with its kind (``MethodKind``). Pairwise kinds score one (candidate parent, child) pair; higher
+means "more likely the parent":
+- ``direct`` ("w/o approx" in the paper): s(f_p, f_c) for each similarity;
+- ``linearized``, ``lin-*``: s(f̄_p, f_c) with f̄_p from one JVP (exact linearisation);
+- ``taylor``, ``taylor-*``, the paper's shortcut: s(f_p, f_c) + α·Π·JΔθ from one VJP;
+- ``weight``, ``weight-*``: weight space, no forward pass (``weight-spectrum`` is
+  permutation-robust).
+The other kinds rank the whole candidate set and have no pair score; ``decision.rank_candidates``
+dispatches on the kind: ``combined`` (``auto``: several pairwise methods across the candidates,
+see ``decision.py``), ``trained`` (the Lineage Detector, ``detector_inputs.py``) and ``adapter``
+(LoRA adapter children, ``adapters.py``).
 
 ``PairContext`` computes each intermediate (network, states, probes, outputs, JVP, VJP) once per
 pair, so scoring a pair with every method costs one forward, one JVP and one VJP pass.
@@ -15,13 +20,15 @@ pair, so scoring a pair with every method costs one forward, one JVP and one VJP
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cached_property, lru_cache
 
 import torch
 
-from app.engine import weightspace
+from app.engine import adapters, weightspace
 from app.engine.architectures import Network, build_network, pair_states
 from app.engine.calibration import taylor_alpha
 from app.engine.errors import IncompatibleModels, InvalidConfig, UnknownMethod
@@ -131,15 +138,49 @@ class PairContext:
         return base + alpha * correction
 
 
+class MethodKind(StrEnum):
+    """How a method scores, and so how ``decision.rank_candidates`` runs it."""
+
+    COMBINED = "combined"  # auto: pairwise methods combined across the candidate set
+    TRAINED = "trained"  # a trained Lineage Detector over the candidate set
+    ADAPTER = "adapter"  # a LoRA adapter child's alignment with each candidate base
+    DIRECT = "direct"
+    LINEARIZED = "linearized"
+    TAYLOR = "taylor"
+    WEIGHT = "weight"
+
+
+# The kinds whose methods score one (parent, child) pair on its own, through ``PairContext``.
+PAIRWISE_KINDS = frozenset(
+    {MethodKind.DIRECT, MethodKind.LINEARIZED, MethodKind.TAYLOR, MethodKind.WEIGHT}
+)
+# The default method, the registry's combined one.
+AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class Method:
-    """A named scoring method. ``distance``: the score is −D for a distance D ≥ 0."""
+    """A named method of one kind.
+
+    A pairwise method has ``score`` (higher = more likely the parent); ``distance``: that score
+    is −D for a distance D ≥ 0. A method of another kind ranks the whole candidate set and has
+    no ``score``.
+    """
 
     name: str
-    kind: str
-    score: Callable[[PairContext], float]
+    kind: MethodKind
     description: str
-    distance: bool
+    score: Callable[[PairContext], float] | None = None
+    distance: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.score is not None) != (self.kind in PAIRWISE_KINDS):
+            raise ValueError(f"method {self.name}: a score function goes with a pairwise kind")
+
+    @property
+    def pairwise(self) -> bool:
+        """Whether the method scores a (parent, child) pair on its own."""
+        return self.score is not None
 
 
 def _direct(similarity: str):
@@ -161,59 +202,99 @@ _DISTANCE_SIMILARITIES = {"l1", "l2", "l4", "linf", "lse"}
 
 def _build_registry() -> dict[str, Method]:
     methods: dict[str, Method] = {}
+
+    def add(method: Method) -> None:
+        methods[method.name] = method
+
+    add(
+        Method(
+            AUTO,
+            MethodKind.COMBINED,
+            "weight-space + function-space evidence, calibrated (default)",
+        )
+    )
+    add(Method("detector", MethodKind.TRAINED, "the Lineage Detector (ours), shipped per family"))
+    add(
+        Method(
+            "detector-paper",
+            MethodKind.TRAINED,
+            "the paper's Lineage Detector, shipped per family",
+        )
+    )
     for sim in SIMILARITIES:
         is_distance = sim in _DISTANCE_SIMILARITIES
-        methods[sim] = Method(
-            sim, "direct", _direct(sim), f"{sim} similarity of f_p and f_c", is_distance
+        add(
+            Method(
+                sim,
+                MethodKind.DIRECT,
+                f"{sim} similarity of f_p and f_c",
+                _direct(sim),
+                is_distance,
+            )
         )
-        methods[f"lin-{sim}"] = Method(
-            f"lin-{sim}",
-            "linearized",
-            _linearized(sim),
-            f"{sim} similarity of the exactly linearised parent (JVP) and f_c",
-            is_distance,
+        add(
+            Method(
+                f"lin-{sim}",
+                MethodKind.LINEARIZED,
+                f"{sim} similarity of the exactly linearised parent (JVP) and f_c",
+                _linearized(sim),
+                is_distance,
+            )
         )
     for sim in SIMILARITY_GRADIENTS:
-        methods[f"taylor-{sim}"] = Method(
-            f"taylor-{sim}",
-            "taylor",
-            _taylor(sim),
-            f"{sim} similarity, linearised by the paper's Taylor shortcut (one VJP, scale α)",
-            False,  # the correction can push the score above 0
+        add(
+            Method(
+                f"taylor-{sim}",
+                MethodKind.TAYLOR,
+                f"{sim} similarity, linearised by the paper's Taylor shortcut (one VJP, scale α)",
+                _taylor(sim),
+                False,  # the correction can push the score above 0
+            )
         )
-    methods["weight-l2"] = Method(
-        "weight-l2",
-        "weight",
-        lambda ctx: -weightspace.l2_distance(ctx.parent, ctx.child),
-        "−‖θ_c − θ_p‖₂ over tensors of equal name and shape",
-        True,
+    add(
+        Method(
+            "weight-l2",
+            MethodKind.WEIGHT,
+            "−‖θ_c − θ_p‖₂ over tensors of equal name and shape",
+            lambda ctx: -weightspace.l2_distance(ctx.parent, ctx.child),
+            True,
+        )
     )
-    methods["weight-cos"] = Method(
-        "weight-cos",
-        "weight",
-        lambda ctx: weightspace.mean_cosine(ctx.parent, ctx.child),
-        "mean per-tensor cosine of θ_c and θ_p",
-        False,
+    add(
+        Method(
+            "weight-cos",
+            MethodKind.WEIGHT,
+            "mean per-tensor cosine of θ_c and θ_p",
+            lambda ctx: weightspace.mean_cosine(ctx.parent, ctx.child),
+            False,
+        )
     )
-    methods["weight-spectrum"] = Method(
-        "weight-spectrum",
-        "weight",
-        lambda ctx: -weightspace.spectrum_distance(ctx.parent, ctx.child),
-        "−distance of per-tensor singular values: robust to hidden-unit permutation",
-        True,
+    add(
+        Method(
+            "weight-spectrum",
+            MethodKind.WEIGHT,
+            "−distance of per-tensor singular values: robust to hidden-unit permutation",
+            lambda ctx: -weightspace.spectrum_distance(ctx.parent, ctx.child),
+            True,
+        )
+    )
+    add(
+        Method(
+            adapters.METHOD,
+            MethodKind.ADAPTER,
+            "LoRA adapter children only: z of ‖ΔW·X‖² on a base's activations X vs X shuffled",
+        )
     )
     return methods
 
 
 METHODS: dict[str, Method] = _build_registry()
-AUTO = "auto"
-# The trained Lineage Detector (``app.engine.detector_inputs``): ours, and the paper's variant.
-DETECTOR_METHODS = ("detector", "detector-paper")
 
 
-def method_names() -> list[str]:
-    """Every method name the engine accepts, ``auto`` first."""
-    return [AUTO, *DETECTOR_METHODS, *METHODS]
+def method_names(*kinds: MethodKind) -> list[str]:
+    """Every method name the engine accepts, ``auto`` first; with ``kinds``, those of the kinds
+    given, in the registry's order."""
+    return [name for name, method in METHODS.items() if not kinds or method.kind in kinds]
 
 
 def get_method(name: str) -> Method:
@@ -224,3 +305,15 @@ def get_method(name: str) -> Method:
         raise UnknownMethod(
             f"unknown method {name!r}; choose one of: {', '.join(method_names())}"
         ) from None
+
+
+def as_distance(method: str, score: float) -> float:
+    """D ≥ 0 from a pairwise method's score s: D = −s for distance-type methods, 1 − s for
+    bounded similarities."""
+    return -score if get_method(method).distance else 1.0 - score
+
+
+def neg_log_distance(method: str, score: float) -> float:
+    """−log D for a pairwise method's score (D = ``as_distance``, floored at 1e-30): higher is
+    closer, and a difference is the log ratio of two distances, comparable across queries."""
+    return -math.log(max(as_distance(method, score), 1e-30))
