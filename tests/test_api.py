@@ -21,6 +21,7 @@ from app.core.config import Settings
 from app.core.db import make_engine, migrate, session_factory
 from app.detection.models import Job
 from app.engine.architectures import build_network
+from app.engine.methods import method_names
 from app.engine.model_files import save_model
 from app.engine.training import digits_task, initial_state, train
 from app.registry.models import Model
@@ -393,3 +394,24 @@ def test_a_job_the_broker_cannot_take_is_a_503_and_marked_failed(tmp_path, famil
         engine.dispose()
         assert [(j.status, j.error["code"]) for j in jobs] == [("failed", "queue_unavailable")]
         assert client.get(f"/jobs/{jobs[0].id}").json()["status"] == "failed"
+
+
+def test_detect_accepts_exactly_the_registry_of_methods(service, family):
+    """POST /detect validates the method against the engine's one registry: an unknown name is
+    refused with every accepted name listed, and adapter-alignment (once refused, though
+    documented) is accepted; on a plain child it fails the job with a clear reason."""
+    client = service.client
+    refused = client.post("/detect", data={"method": "astrology"}, files=upload(family.child))
+    message = assert_error(refused, 400, "unknown_method")["message"]
+    assert message.endswith(f"choose one of: {', '.join(method_names())}")
+    assert "adapter-alignment" in method_names()
+    assert service.rows() == (0, 0)  # refused before anything was stored
+    client.post("/parents", data={"name": "p"}, files=upload(family.parents[1]))
+    response = client.post(
+        "/detect", data={"method": "adapter-alignment"}, files=upload(family.child)
+    )
+    assert response.status_code == 202, response.text
+    job = service.finished_job(response.json()["job_id"])
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "invalid_argument"
+    assert "scores LoRA adapter children" in job["error"]["message"]

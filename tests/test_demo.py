@@ -1,4 +1,4 @@
-"""The demo behind `make run`: its zoo's ground truth and its report."""
+"""The demo behind `make run`: its zoo's ground truth, its answers and its report."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 from app.demo import HELD_OUT, NUM_PARENTS, format_rows, run_demo
 
 
-def test_demo_zoo_and_report(tmp_path):
-    rows, top1 = run_demo(tmp_path, "mlp", methods=["weight-l2", "l1"])
+def test_the_demo_answers_every_child_right(tmp_path):
+    rows, top1 = run_demo(tmp_path, "mlp", methods=["weight-l2", "lin-l1"])
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     children = {n: e for n, e in manifest["models"].items() if e["role"] != "parent"}
     parents = [n for n, e in manifest["models"].items() if e["role"] == "parent"]
@@ -18,7 +18,17 @@ def test_demo_zoo_and_report(tmp_path):
         declared = children[row.child]["parent"]
         assert row.truth == (None if declared == HELD_OUT else declared)
         assert (tmp_path / row.child / "model.safetensors").is_file()
-    with_parent = sum(r.truth is not None for r in rows)
-    assert {m: len(h) for m, h in top1.items()} == {"weight-l2": with_parent, "l1": with_parent}
+    # What README and `make run` promise: auto names every child's parent, the permuted one
+    # included, and answers "none" for the orphans of the held-out parent, each with a
+    # confidence above a coin toss.
+    assert [(r.child, r.predicted) for r in rows] == [(r.child, r.truth) for r in rows]
+    assert {r.child for r in rows if r.truth is None} == {"child-40", "child-41"}
+    assert all(0.5 < r.confidence <= 1.0 for r in rows)
+    # The permuted child computes its parent's function with shuffled hidden units: a plain
+    # weight distance misses it, and is right for every other child.
+    with_parent = [r.child for r in rows if r.truth is not None]
+    misses = {c for c, hit in zip(with_parent, top1["weight-l2"], strict=True) if not hit}
+    assert misses == {"child-00-permuted"}
+    assert len(top1["lin-l1"]) == len(with_parent)
     report = format_rows(rows)
-    assert report.splitlines()[-1] == f"{sum(r.correct for r in rows)}/{len(rows)} correct"
+    assert report.splitlines()[-1] == f"{len(rows)}/{len(rows)} correct"

@@ -30,8 +30,8 @@ from app.detection.models import Job, JobState
 from app.detection.repository import JobRepository
 from app.engine.architectures import open_model
 from app.engine.decision import rank_candidates
-from app.engine.errors import LineageError, UnknownMethod
-from app.engine.methods import AUTO, method_names
+from app.engine.errors import LineageError
+from app.engine.methods import AUTO, get_method
 from app.hub.declared import DeclaredParent, declared_parents
 from app.lineage import service as lineage
 from app.registry import service as registry
@@ -53,14 +53,6 @@ class Submitted:
     child_created: bool
 
 
-def check_method(method: str) -> None:
-    """``UnknownMethod`` (listing the valid names) unless the engine accepts ``method``."""
-    if method not in method_names():
-        raise UnknownMethod(
-            f"unknown method {method!r}; choose one of: {', '.join(method_names())}"
-        )
-
-
 def submit(
     session: Session,
     settings: Settings,
@@ -80,7 +72,7 @@ def submit(
     for a row that is not there; if it cannot, the job is marked failed and ``QueueUnavailable``
     comes out of the commit.
     """
-    check_method(method)
+    get_method(method)  # UnknownMethod, listing the valid names
     child = registry.ingest(session, settings, source, name=name, candidate=False)
     request = {
         "method": method,
