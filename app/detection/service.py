@@ -28,7 +28,7 @@ from app.detection.dispatch import Dispatcher
 from app.detection.errors import QueueUnavailable, UnknownJob
 from app.detection.models import Job, JobState
 from app.detection.repository import JobRepository
-from app.engine.architectures import open_model
+from app.engine.architectures import open_trusted
 from app.engine.decision import rank_candidates
 from app.engine.errors import LineageError
 from app.engine.methods import AUTO, get_method
@@ -111,15 +111,17 @@ def _mark_failed(session: Session, job_id: str, code: str, message: str) -> None
 
 @dataclass(frozen=True)
 class Claimed:
-    """A claimed job, with what scoring needs read out of the database: the child's id, name
-    and files, the request, and the catalog's candidate parents as (name, files)."""
+    """A claimed job, with what scoring needs read out of the database: the child's id, name,
+    files and SHA-256, the request, and the catalog's candidate parents of the child's
+    architecture as (name, files, SHA-256)."""
 
     job_id: str
     child_id: int
     child_name: str
     child_path: str
+    child_sha256: str
     request: dict
-    catalog: list[tuple[str, str]]
+    catalog: list[tuple[str, str, str]]
 
 
 def claim(factory: sessionmaker[Session], job_id: str) -> Claimed | None:
@@ -133,9 +135,18 @@ def claim(factory: sessionmaker[Session], job_id: str) -> Claimed | None:
         if child is None:
             _mark_failed(session, job_id, "unknown_model", "the job's model was deleted")
             return None
-        catalog = [(m.name, m.storage_path) for m in registry.candidates(session, child.id)]
+        catalog = [
+            (m.name, m.storage_path, m.sha256)
+            for m in registry.candidates(session, child.id, child.architecture)
+        ]
         return Claimed(
-            job_id, child.id, child.name, child.storage_path, dict(job.request or {}), catalog
+            job_id,
+            child.id,
+            child.name,
+            child.storage_path,
+            child.sha256,
+            dict(job.request or {}),
+            catalog,
         )
 
 
@@ -165,9 +176,13 @@ def empty_catalog_result(child: str) -> dict:
 
 def score(claimed: Claimed, device: str, progress: Callable[[float], None]) -> dict:
     """Open the child and its candidates and rank them with the engine: the job's result.
-    Raises what the engine raises (``LineageError`` for bad input, ``OSError`` for files)."""
-    child = open_model(claimed.child_path, claimed.child_name)
-    parents = [open_model(path, name) for name, path in claimed.catalog]
+    Raises what the engine raises (``LineageError`` for bad input, ``OSError`` for files).
+
+    Every model was validated, hashed and summarised when it was registered and its stored
+    files never change, so they are opened trusted: nothing is hashed or validated again, and
+    the stored weight statistics are reused."""
+    child = open_trusted(claimed.child_path, claimed.child_name, claimed.child_sha256)
+    parents = [open_trusted(path, name, sha256) for name, path, sha256 in claimed.catalog]
     progress(LOADED_PROGRESS)
     if not parents:
         return empty_catalog_result(claimed.child_name)

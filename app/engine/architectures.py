@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from app.engine import weightspace
 from app.engine.errors import IncompatibleModels, InvalidConfig, ShapeMismatch
 from app.engine.model_files import LoadedModel, load_model
 
@@ -295,4 +297,18 @@ def open_model(source, name: str | None = None, **load_options) -> LoadedModel:
     """Load a model (see ``load_model``) and check its weights fit its own config."""
     model = load_model(source, name, **load_options)
     validate_architecture(model)
+    return model
+
+
+def open_trusted(folder, name: str, sha256: str) -> LoadedModel:
+    """Open a model that ``open_model`` already validated and that has not changed since: the
+    service's content-addressed storage, whose folder is named by ``sha256`` and never rewritten.
+
+    Headers are read again (they locate the tensors), but the weights are neither hashed, nor
+    scanned for NaN, nor fitted to a freshly built network: each of those costs a pass over every
+    byte, or a whole model's allocation, per model per job. Statistics stored beside the weights
+    at registration (``weightspace.save_statistics``) are loaded into the model's cache.
+    """
+    model = load_model(folder, name, check_finite=False, sha256=sha256)
+    weightspace.load_statistics(model, Path(folder))
     return model

@@ -237,6 +237,10 @@ class LoadedModel:
             }
         return self._float_cache
 
+    def cached_float_tensors(self) -> dict[str, torch.Tensor] | None:
+        """``float_tensors()`` if it was already built, else None (nothing is read)."""
+        return self._float_cache
+
     @cached_property
     def num_parameters(self) -> int:
         return sum(math.prod(info.shape) for info in self.weights.infos.values())
@@ -311,13 +315,15 @@ def load_model(
     *,
     max_bytes: int = DEFAULT_MAX_MODEL_BYTES,
     check_finite: bool = True,
+    sha256: str | None = None,
 ) -> LoadedModel:
     """Open a model folder or ``.safetensors`` file and validate it.
 
     Validation: headers (see ``read_safetensors_header``), shards named in the index all present
     and agreeing with it, total size under ``max_bytes``, and, with ``check_finite``, every float
     tensor free of NaN and infinity. Identity is the SHA-256 of the weight files' bytes, shards in
-    sorted order.
+    sorted order; a caller that already knows it (content-addressed storage, whose folder is named
+    by it) passes ``sha256`` and the files are not read again to hash them.
     """
     path = Path(source)
     files, config_path, weight_map = _weight_files(path)
@@ -372,7 +378,7 @@ def load_model(
         files=files,
         config=config,
         weights=weights,
-        sha256=_sha256(files),
+        sha256=sha256 if sha256 is not None else _sha256(files),
         num_bytes=num_bytes,
     )
 

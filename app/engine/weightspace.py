@@ -13,8 +13,14 @@ permutation does, leaves both unchanged.
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from app.engine.errors import IncompatibleModels
 from app.engine.model_files import LoadedModel
@@ -79,7 +85,10 @@ def invariant_statistics(model: LoadedModel, name: str) -> torch.Tensor:
     """Permutation-invariant summary of one tensor: singular values (matrices), sorted values."""
     cache = model.cache.setdefault("spectrum", {})
     if name not in cache:
-        tensor = model.float_tensors()[name]
+        # One tensor at a time unless the model's float32 copy is already built (registration
+        # computes every tensor's statistics without ever holding the whole model in float32).
+        floats = model.cached_float_tensors()
+        tensor = floats[name] if floats is not None else model.weights[name].to(torch.float32)
         if tensor.ndim >= 2:
             matrix = tensor.reshape(tensor.shape[0], -1)
             # σ(W) = sqrt(eig(WᵀW)) on the smaller side: an embedding of 30k rows costs a 384×384
@@ -91,6 +100,56 @@ def invariant_statistics(model: LoadedModel, name: str) -> torch.Tensor:
         else:
             cache[name] = tensor.reshape(-1).double().sort().values
     return cache[name]
+
+
+# Where a model folder keeps what was derived from its weights once (a hidden folder: the model's
+# own files are never touched, and no weight-file glob sees it).
+STATISTICS_FILE = Path(".lineage") / "statistics.safetensors"
+# Bump when invariant_statistics changes what it computes: stored files of another version are
+# ignored and the statistics computed afresh.
+STATISTICS_VERSION = "1"
+
+
+def save_statistics(model: LoadedModel, folder: Path) -> Path:
+    """Compute the invariant statistics of every comparable tensor of ``model`` and store them in
+    ``folder/.lineage/statistics.safetensors`` (float64, keyed by tensor name, tagged with the
+    model's SHA-256 and ``STATISTICS_VERSION``), written to a temporary file and renamed, so a
+    reader never sees half a file."""
+    names = [n for n, i in model.weights.infos.items() if i.is_float and 0 not in i.shape]
+    tensors = {name: invariant_statistics(model, name).contiguous() for name in names}
+    target = folder / STATISTICS_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".partial")
+    os.close(handle)
+    try:
+        metadata = {"sha256": model.sha256, "version": STATISTICS_VERSION}
+        save_file(tensors, temporary, metadata=metadata)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_statistics(model: LoadedModel, folder: Path) -> bool:
+    """Put the statistics stored in ``folder`` by ``save_statistics`` into ``model``'s cache, so
+    ``invariant_statistics`` reads them instead of computing them; False (and nothing loaded)
+    when there are none, or they belong to other weights or another version."""
+    path = folder / STATISTICS_FILE
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(path, framework="pt") as stored:
+            metadata = stored.metadata() or {}
+            if metadata.get("sha256") != model.sha256:
+                return False
+            if metadata.get("version") != STATISTICS_VERSION:
+                return False
+            loaded = {name: stored.get_tensor(name) for name in stored.keys()}  # noqa: SIM118
+    except (OSError, SafetensorError):
+        return False  # unreadable: computed afresh, as if never stored
+    model.cache.setdefault("spectrum", {}).update(loaded)
+    return True
 
 
 def spectrum_distance(parent: LoadedModel, child: LoadedModel) -> float:

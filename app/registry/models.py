@@ -23,7 +23,7 @@ class Model(Base):
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     hub_id: Mapped[str | None] = mapped_column(String(300))
     revision: Mapped[str | None] = mapped_column(String(64))
-    architecture: Mapped[str | None] = mapped_column(String(100))
+    architecture: Mapped[str | None] = mapped_column(String(100), index=True)
     config: Mapped[dict | None] = mapped_column(JSON)
     num_bytes: Mapped[int] = mapped_column(BigInteger)
     num_parameters: Mapped[int] = mapped_column(BigInteger)

@@ -52,13 +52,15 @@ class ModelRepository:
             return False
         return True
 
-    def candidates(self, exclude_id: int) -> list[Model]:
-        """Every catalog parent except the model itself, oldest first."""
-        return list(
-            self.session.scalars(
-                select(Model).where(Model.is_candidate, Model.id != exclude_id).order_by(Model.id)
+    def candidates(self, exclude_id: int, architecture: str | None) -> list[Model]:
+        """Catalog parents except the model itself, oldest first; with ``architecture``, only
+        those of that architecture or of none (filtered in SQL, on an indexed column)."""
+        query = select(Model).where(Model.is_candidate, Model.id != exclude_id)
+        if architecture is not None:
+            query = query.where(
+                or_(Model.architecture == architecture, Model.architecture.is_(None))
             )
-        )
+        return list(self.session.scalars(query.order_by(Model.id)))
 
     def matching_names_or_hub_ids(self, names: list[str]) -> list[Model]:
         """Models whose name or hub ID is one of ``names``."""

@@ -170,9 +170,11 @@ def promote(session: Session, model_id: int) -> None:
         model.is_candidate = True
 
 
-def candidates(session: Session, exclude_id: int) -> list[Model]:
-    """Every catalog parent except the model itself, oldest first."""
-    return ModelRepository(session).candidates(exclude_id)
+def candidates(session: Session, exclude_id: int, architecture: str | None) -> list[Model]:
+    """The catalog parents a model of ``architecture`` can be compared with, except the model
+    itself, oldest first: those of the same architecture and those without one (weights alone
+    may still match). A model without an architecture is compared with every catalog parent."""
+    return ModelRepository(session).candidates(exclude_id, architecture)
 
 
 def catalog_names(session: Session, names: list[str]) -> dict[str, str]:

@@ -8,6 +8,7 @@ copy. Nothing half-written is ever visible under ``models/``: a failed upload le
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import Iterable
@@ -15,9 +16,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import BinaryIO
 
-from app.engine.architectures import open_model
+from app.engine.architectures import open_model, open_trusted
 from app.engine.errors import ModelTooLarge
 from app.engine.model_files import PICKLE_SUFFIXES, LoadedModel, refuse_pickle
+from app.engine.weightspace import STATISTICS_FILE, save_statistics
 from app.registry.errors import UploadRefused
 
 CHUNK = 1 << 20
@@ -84,13 +86,17 @@ def _is_model_file(name: str) -> bool:
 def commit_staged(
     storage_dir: Path, staging: Path, max_bytes: int
 ) -> tuple[Path, LoadedModel, bool]:
-    """Validate a staged model with the engine and move it to its content address.
+    """Validate a staged model with the engine, compute its weight statistics once, and move it
+    to its content address.
 
-    Returns (final folder, model loaded from it, whether this call stored it: False when the same
-    weights were already there). Validation errors remove the staging folder.
+    Returns (final folder, model opened from it, whether this call stored it: False when the same
+    weights were already there). Validation errors remove the staging folder. The statistics
+    (``weightspace.save_statistics``) travel with the files in the same rename, so every stored
+    model has them and no job recomputes them; the model returned is opened trusted.
     """
     try:
         model = open_model(staging, staging.name, max_bytes=max_bytes)
+        save_statistics(model, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -103,6 +109,10 @@ def commit_staged(
         if not final.is_dir():
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        shutil.rmtree(staging, ignore_errors=True)  # the same weights are already stored
+        # The same weights are already stored; one stored before statistics existed gets them.
+        if not (final / STATISTICS_FILE).is_file():
+            (final / STATISTICS_FILE).parent.mkdir(exist_ok=True)
+            os.replace(staging / STATISTICS_FILE, final / STATISTICS_FILE)
+        shutil.rmtree(staging, ignore_errors=True)
         fresh = False
-    return final, open_model(final, model.sha256, max_bytes=max_bytes), fresh
+    return final, open_trusted(final, model.sha256, model.sha256), fresh

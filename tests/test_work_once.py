@@ -1,0 +1,152 @@
+"""Work done once, where it belongs: a model's weight statistics are computed when it is
+registered and stored beside its weights; a detection job opens its models trusted (no second
+hash, scan or network build) and reuses those statistics; a job's candidates are filtered by
+architecture in SQL."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.api.app import create_app
+from app.core.config import Settings
+from app.core.db import make_engine, migrate, session_factory, transaction
+from app.detection import service as detection
+from app.engine import weightspace
+from app.engine.architectures import open_model, open_trusted
+from app.engine.model_files import save_model
+from app.engine.training import initial_state
+from app.registry import service as registry
+from tests.factories import TINY_MLP_CONFIG, tiny_mlp_state
+from worker.in_process import InProcessDispatcher
+
+# Another architecture: the tiny MLP's tensors share no name and shape with it.
+CNN_CONFIG = {
+    "model_type": "lineage-cnn",
+    "in_channels": 1,
+    "image_size": 8,
+    "channels": [4, 8],
+    "num_classes": 3,
+}
+
+
+def files_of(folder: Path) -> list:
+    return [("files", (p.name, p.read_bytes())) for p in sorted(folder.iterdir())]
+
+
+def upload(folder: Path, files: ExitStack) -> registry.Upload:
+    """A model folder's files as an upload (closed with ``files``)."""
+    return registry.Upload(
+        [(p.name, files.enter_context(open(p, "rb"))) for p in sorted(folder.iterdir())]
+    )
+
+
+def stepped(state: dict, seed: int, scale: float = 0.05) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    return {k: v + scale * torch.randn(v.shape, generator=gen) for k, v in state.items()}
+
+
+@pytest.fixture
+def client(tmp_path):
+    url = f"sqlite:///{tmp_path / 'lineage.db'}"
+    migrate(url)
+    settings = Settings(database_url=url, storage_dir=tmp_path / "storage", redis_url=None)
+    with TestClient(create_app(settings, InProcessDispatcher)) as client:
+        yield client
+
+
+def stored_folder(client: TestClient, name: str) -> Path:
+    sha = client.get(f"/models/{name}").json()["sha256"]
+    return client.app.state.settings.storage_dir / "models" / sha
+
+
+def test_registration_stores_the_statistics_a_job_would_compute(client, tmp_path):
+    source = save_model(tmp_path / "p", tiny_mlp_state(0), TINY_MLP_CONFIG)
+    assert client.post("/parents", data={"name": "p"}, files=files_of(source)).status_code == 201
+    folder = stored_folder(client, "p")
+    assert (folder / weightspace.STATISTICS_FILE).is_file()
+    fresh = open_model(folder, "p")  # computes them anew
+    trusted = open_trusted(folder, "p", fresh.sha256)
+    stored = trusted.cache["spectrum"]
+    assert set(stored) == set(fresh.weights.infos)
+    for name in stored:
+        torch.testing.assert_close(stored[name], weightspace.invariant_statistics(fresh, name))
+    # Statistics of other weights, or of another version of the computation, are not used.
+    assert weightspace.load_statistics(open_model(source, "p"), folder)  # the same weights
+    other = save_model(tmp_path / "q", tiny_mlp_state(1), TINY_MLP_CONFIG)
+    assert weightspace.load_statistics(open_model(other, "q"), folder) is False
+    assert "spectrum" not in open_model(other, "q").cache
+
+
+class Held:
+    """A dispatcher that holds the jobs handed to it, for the test to run when it chooses."""
+
+    def __init__(self) -> None:
+        self.jobs: list[str] = []
+
+    def enqueue(self, job_id: str) -> None:
+        self.jobs.append(job_id)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_job_reuses_the_stored_statistics(tmp_path, monkeypatch):
+    """With the eigensolver that computes them broken once every model is registered,
+    weight-spectrum still scores: the job read every model's statistics from storage (an
+    untrusted open would call it, and fail)."""
+    url = f"sqlite:///{tmp_path / 'lineage.db'}"
+    migrate(url)
+    settings = Settings(database_url=url, storage_dir=tmp_path / "storage")
+    engine = make_engine(url)
+    factory = session_factory(engine)
+    parents = {f"p{i}": stepped(tiny_mlp_state(0), i) for i in range(3)}
+    held = Held()
+    with ExitStack() as files, transaction(factory) as session:
+        for name, state in parents.items():
+            source = save_model(tmp_path / name, state, TINY_MLP_CONFIG)
+            registry.ingest(session, settings, upload(source, files), name=name, candidate=True)
+        child = save_model(tmp_path / "child", stepped(parents["p1"], 9, 0.01), TINY_MLP_CONFIG)
+        detection.submit(
+            session, settings, held, upload(child, files), name="child", method="weight-spectrum"
+        )
+
+    def no_eigensolver(*_args, **_kwargs):
+        raise AssertionError("statistics recomputed")
+
+    monkeypatch.setattr(weightspace.np.linalg, "eigvalsh", no_eigensolver)
+    detection.run_job(factory, held.jobs[0])
+    with factory() as session:
+        job = detection.get_job(session, held.jobs[0])
+    engine.dispose()
+    assert job["status"] == "succeeded", job["error"]
+    assert job["result"]["decision"]["parent"] == "p1"
+    with pytest.raises(AssertionError, match="recomputed"):  # what an untrusted open would do
+        weightspace.spectrum_distance(open_model(tmp_path / "p0"), open_model(child))
+
+
+def test_a_jobs_candidates_are_the_childs_architecture_in_sql(client, tmp_path):
+    """A catalog parent of another architecture is not even opened: it is neither ranked nor
+    listed as skipped; one without an architecture is still compared by its weights."""
+    base = tiny_mlp_state(0)
+    catalog = {
+        "same": (stepped(base, 1), TINY_MLP_CONFIG),
+        "bare": (stepped(base, 2), None),  # weights only, no config.json
+        "cnn": (initial_state(CNN_CONFIG, 0), CNN_CONFIG),
+    }
+    for name, (state, config) in catalog.items():
+        source = save_model(tmp_path / name, state, config)
+        response = client.post("/parents", data={"name": name}, files=files_of(source))
+        assert response.status_code == 201, response.text
+    child = save_model(tmp_path / "child", stepped(base, 3, 0.01), TINY_MLP_CONFIG)
+    response = client.post(
+        "/detect", data={"name": "child", "method": "weight-l2"}, files=files_of(child)
+    )
+    client.app.state.dispatcher.join()
+    result = client.get(f"/jobs/{response.json()['job_id']}").json()["result"]
+    assert {c["parent"] for c in result["candidates"]} == {"same", "bare"}
+    assert result["skipped"] == []
