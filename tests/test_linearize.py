@@ -2,7 +2,8 @@
 
 References are built here with plain reverse-mode autograd (full Jacobians), on tiny real networks
 in float64: an MLP with tanh (so second-order terms are non-zero) and a small ResNet with BatchNorm
-buffers (kept at the parent's values).
+buffers (kept at the parent's values). The Taylor tests run both paths: one VJP per similarity
+(the paper's) and every similarity from one JVP (the benchmark's).
 """
 
 from __future__ import annotations
@@ -12,9 +13,17 @@ import math
 import pytest
 import torch
 
+from app.bench.evaluate import _score_query
+from app.engine import linearize
 from app.engine.architectures import build_network
-from app.engine.linearize import linearized_outputs, parameter_delta, taylor_terms
-from app.engine.methods import METHODS, PAIRWISE_KINDS, PairContext, method_names
+from app.engine.linearize import (
+    jacobian_delta,
+    linearized_outputs,
+    parameter_delta,
+    taylor_term,
+    taylor_terms,
+)
+from app.engine.methods import METHODS, PAIRWISE_KINDS, MethodKind, PairContext, method_names
 from app.engine.metrics import SIMILARITIES, SIMILARITY_GRADIENTS, l1_similarity, l2_similarity
 from app.engine.model_files import load_model, save_model
 
@@ -28,11 +37,17 @@ CNN_CONFIG = {
 }
 CONFIGS = {"mlp": MLP_CONFIG, "cnn": CNN_CONFIG}
 NUM_INPUTS = 5
+# The two ways the engine computes the Taylor terms: one VJP per similarity, or one JVP for all.
+TAYLOR_PATHS = ["vjp", "jvp"]
 
 
-def taylor_similarities(network, parent, delta, x, f_c, use_head, alphas):
-    """s(f_p, f_c) + α·correction per similarity, from the engine's Taylor terms."""
-    terms = taylor_terms(network, parent, delta, x, f_c, use_head, list(alphas))
+def taylor_similarities(network, parent, delta, x, f_c, use_head, alphas, path):
+    """s(f_p, f_c) + α·correction per similarity, from the engine's Taylor terms by ``path``."""
+    if path == "vjp":
+        terms = {n: taylor_term(network, parent, delta, x, f_c, use_head, n) for n in alphas}
+    else:
+        f_p, j_delta = jacobian_delta(network, parent, delta, x, use_head)
+        terms = taylor_terms(f_p, j_delta, f_c, list(alphas))
     return {name: base + alphas[name] * corr for name, (base, corr) in terms.items()}
 
 
@@ -167,11 +182,12 @@ def _true_pair(config, scale, seed=1):
     return network, parent, child, delta, x
 
 
+@pytest.mark.parametrize("path", TAYLOR_PATHS)
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
-def test_taylor_l2_is_exact_linearised_l2_plus_the_omitted_square(arch):
+def test_taylor_l2_is_exact_linearised_l2_plus_the_omitted_square(arch, path):
     network, parent, child, delta, x = _true_pair(CONFIGS[arch], 0.05)
     f_c = _forward(network, child, x)
-    taylor = taylor_similarities(network, parent, delta, x, f_c, True, {"l2": 1.0})["l2"]
+    taylor = taylor_similarities(network, parent, delta, x, f_c, True, {"l2": 1.0}, path)["l2"]
     f_p, f_bar = linearized_outputs(network, parent, delta, x, True)
     exact = float(l2_similarity(f_bar, f_c))
     omitted = float(((f_bar - f_p) ** 2).mean())  # ‖JΔθ‖²/NK
@@ -180,8 +196,9 @@ def test_taylor_l2_is_exact_linearised_l2_plus_the_omitted_square(arch):
     assert taylor > exact  # the shortcut overshoots for l2
 
 
+@pytest.mark.parametrize("path", TAYLOR_PATHS)
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
-def test_taylor_l1_equals_exact_linearised_l1_when_no_sign_flips(arch):
+def test_taylor_l1_equals_exact_linearised_l1_when_no_sign_flips(arch, path):
     config = CONFIGS[arch]
     network, parent, _, delta, x = _true_pair(config, 1e-4)
     # Compare against an unrelated output, so d is O(1) and a tiny JΔθ flips no sign of d.
@@ -190,15 +207,16 @@ def test_taylor_l1_equals_exact_linearised_l1_when_no_sign_flips(arch):
     f_p, f_bar = linearized_outputs(network, parent, delta, x, True)
     d, d_bar = f_p - f_c, f_bar - f_c
     assert torch.equal(d.sign(), d_bar.sign()) and d.abs().min() > 1e-6
-    taylor = taylor_similarities(network, parent, delta, x, f_c, True, {"l1": 1.0})["l1"]
+    taylor = taylor_similarities(network, parent, delta, x, f_c, True, {"l1": 1.0}, path)["l1"]
     exact = float(l1_similarity(f_bar, f_c))
     direct = float(l1_similarity(f_p, f_c))
     assert abs(exact - direct) > 1e-7  # the correction is visible at this precision
     assert taylor == pytest.approx(exact, rel=1e-12, abs=1e-14)
 
 
+@pytest.mark.parametrize("path", TAYLOR_PATHS)
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
-def test_taylor_is_first_order_accurate_for_l4_and_lse(arch):
+def test_taylor_is_first_order_accurate_for_l4_and_lse(arch, path):
     """For smooth s the shortcut differs from s(f̄_p, f_c) at second order in Δθ."""
     config = CONFIGS[arch]
     network, parent = _parent(config)
@@ -209,7 +227,8 @@ def test_taylor_is_first_order_accurate_for_l4_and_lse(arch):
     gaps = {"l4": [], "lse": []}
     for scale in (1e-3, 5e-4):
         delta = {n: scale * v for n, v in direction.items()}
-        taylor = taylor_similarities(network, parent, delta, x, f_c, True, {"l4": 1.0, "lse": 1.0})
+        alphas = {"l4": 1.0, "lse": 1.0}
+        taylor = taylor_similarities(network, parent, delta, x, f_c, True, alphas, path)
         _, f_bar = linearized_outputs(network, parent, delta, x, True)
         for name in gaps:
             gaps[name].append(abs(taylor[name] - float(SIMILARITIES[name](f_bar, f_c))))
@@ -217,16 +236,37 @@ def test_taylor_is_first_order_accurate_for_l4_and_lse(arch):
         assert 3.0 < big / small < 5.0, name
 
 
+@pytest.mark.parametrize("path", TAYLOR_PATHS)
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
-def test_taylor_with_alpha_zero_is_the_direct_similarity(arch):
+def test_taylor_with_alpha_zero_is_the_direct_similarity(arch, path):
     network, parent, child, delta, x = _true_pair(CONFIGS[arch], 0.05)
     f_c = _forward(network, child, x)
     f_p = _forward(network, parent, x)
     alphas = dict.fromkeys(SIMILARITY_GRADIENTS, 0.0)
-    taylor = taylor_similarities(network, parent, delta, x, f_c, True, alphas)
+    taylor = taylor_similarities(network, parent, delta, x, f_c, True, alphas, path)
     assert set(taylor) == set(SIMILARITY_GRADIENTS)
     for name, value in taylor.items():
         assert value == pytest.approx(float(SIMILARITIES[name](f_p, f_c)), rel=1e-12), name
+
+
+@pytest.mark.parametrize("use_head", [True, False])
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_one_vjp_per_similarity_equals_all_from_one_jvp(arch, use_head):
+    """⟨Jᵀ Π, Δθ⟩ (a VJP per similarity) = ⟨Π, J Δθ⟩ (one JVP for all), for a true child's
+    outputs and for an unrelated model's."""
+    config = CONFIGS[arch]
+    network, parent, child, delta, x = _true_pair(config, 0.05)
+    stranger_network, stranger = _parent(config, seed=99)
+    f_p, j_delta = jacobian_delta(network, parent, delta, x, use_head)
+    for other_network, other in ((network, child), (stranger_network, stranger)):
+        f_c = _forward(other_network, other, x, use_head)
+        batched = taylor_terms(f_p, j_delta, f_c, list(SIMILARITY_GRADIENTS))
+        assert set(batched) == set(SIMILARITY_GRADIENTS)
+        for name, (base, correction) in batched.items():
+            single = taylor_term(network, parent, delta, x, f_c, use_head, name)
+            assert abs(correction) > 1e-6 * abs(base) and abs(correction) > 1e-12, name
+            assert single[0] == base, name
+            assert single[1] == pytest.approx(correction, rel=1e-10, abs=1e-15), name
 
 
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
@@ -284,3 +324,89 @@ def test_every_method_through_pair_context(tmp_path, arch):
     identical = PairContext(parent, same, num_probes=16)
     assert METHODS["lin-l2"].score(identical) == 0.0
     assert METHODS["l2"].score(identical) == 0.0
+
+
+class _PassCounter:
+    """Counts the engine's VJPs (``vjp`` calls and pullbacks run) and JVPs, by wrapping the
+    ``torch.func`` functions that ``linearize`` calls."""
+
+    def __init__(self, monkeypatch):
+        self.vjps = self.pullbacks = self.jvps = 0
+        real_vjp, real_jvp = linearize.vjp, linearize.jvp
+
+        def counting_vjp(*args, **kwargs):
+            self.vjps += 1
+            output, pullback = real_vjp(*args, **kwargs)
+
+            def counting_pullback(*a, **k):
+                self.pullbacks += 1
+                return pullback(*a, **k)
+
+            return output, counting_pullback
+
+        def counting_jvp(*args, **kwargs):
+            self.jvps += 1
+            return real_jvp(*args, **kwargs)
+
+        monkeypatch.setattr(linearize, "vjp", counting_vjp)
+        monkeypatch.setattr(linearize, "jvp", counting_jvp)
+
+    @property
+    def passes(self) -> tuple[int, int, int]:
+        return self.vjps, self.pullbacks, self.jvps
+
+
+TAYLOR_METHODS = method_names(MethodKind.TAYLOR)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_one_taylor_method_runs_one_vjp(tmp_path, monkeypatch, arch):
+    parent, child, _ = _float32_models(tmp_path, CONFIGS[arch], noise=1e-2)
+    counter = _PassCounter(monkeypatch)
+    ctx = PairContext(parent, child, num_probes=16)
+    alone = METHODS["taylor-l2"].score(ctx)
+    assert counter.passes == (1, 1, 0)
+    assert METHODS["taylor-l2"].score(ctx) == alone  # cached
+    assert counter.passes == (1, 1, 0)
+    METHODS["taylor-l1"].score(ctx)
+    assert counter.passes == (2, 2, 0)  # another similarity, another VJP
+    # Once the pair's JVP exists (lin-* scores, the benchmark's terms), it serves the rest.
+    METHODS["lin-l2"].score(ctx)
+    METHODS["taylor-l4"].score(ctx)
+    METHODS["taylor-lse"].score(ctx)
+    assert counter.passes == (2, 2, 1)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_taylor_scores_are_the_same_by_either_path(tmp_path, arch):
+    """A taylor-* method alone (one VJP) scores as from the batched terms (one JVP), in float32."""
+    parent, child, _ = _float32_models(tmp_path, CONFIGS[arch], noise=1e-2)
+    for alpha in (None, 1.0):
+        batched = PairContext(parent, child, num_probes=16, taylor_alpha=alpha)
+        terms = batched.taylor_terms
+        for name in TAYLOR_METHODS:
+            similarity = name.removeprefix("taylor-")
+            alone = PairContext(parent, child, num_probes=16, taylor_alpha=alpha)
+            base, correction = alone.taylor_term(similarity)
+            assert base == terms[similarity][0], name
+            assert correction == pytest.approx(terms[similarity][1], rel=1e-5), name
+            score = METHODS[name].score(alone)
+            assert score == pytest.approx(METHODS[name].score(batched), rel=1e-5), name
+
+
+def test_the_benchmark_gets_all_taylor_terms_from_one_jvp(tmp_path, monkeypatch):
+    parent, child, same = _float32_models(tmp_path, MLP_CONFIG, noise=1e-2)
+    models = {"parent": parent, "child": child, "same": same}
+    query = {"child": "child", "candidates": ["parent", "same"], "truth": "parent"}
+    methods = [*TAYLOR_METHODS, "lin-l2", "l2"]
+    counter = _PassCounter(monkeypatch)
+    record = _score_query(query, models.__getitem__, methods, torch.device("cpu"), 16)
+    assert counter.passes == (0, 0, 2)  # one JVP per candidate, no VJP
+    for name in TAYLOR_METHODS:
+        similarity = name.removeprefix("taylor-")
+        alone = [
+            METHODS[name].score(PairContext(models[c], child, num_probes=16))
+            for c in query["candidates"]
+        ]
+        assert record["scores"][name] == pytest.approx(alone, rel=1e-5), name
+        assert len(record["taylor"][similarity]) == 2

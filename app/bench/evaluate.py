@@ -114,11 +114,13 @@ def _score_query(
     for name in query["candidates"]:
         ctx = PairContext(model(name), child, device, num_probes)
         contexts.append(ctx)
-        for method in pairwise:
-            scores[method].append(METHODS[method].score(ctx))
         if wants_taylor:
+            # First, so that every taylor-* score below reads these terms (one JVP, shared with
+            # lin-*) instead of running a VJP of its own.
             for sim, (base, correction) in ctx.taylor_terms.items():
                 taylor[sim].append([base, correction])
+        for method in pairwise:
+            scores[method].append(METHODS[method].score(ctx))
         relative.append(weightspace.relative_l2_distance(ctx.parent, child))
     none_score = {}
     for method in methods:

@@ -2,16 +2,22 @@
 
 - ``linearized_outputs``: one forward-mode Jacobian-vector product (``torch.func.jvp``) gives f_p
   and J·Δθ together; any similarity can then compare f̄_p with f_c. No scale α is needed.
-- ``taylor_terms``: the paper's efficient form. Expanding s once more,
+- ``taylor_term``: the paper's efficient form for one similarity. Expanding s once more,
       s(f̄_p, f_c) ≈ s(f_p, f_c) + α · ∇_θ[Σ_i sg(Π_i)·f_p(x_i)] · Δθ,   Π_i = ∂s/∂f_p(x_i),
-  one vector-Jacobian product per similarity, then a dot product with Δθ. α = 1 is the plain
+  one vector-Jacobian product (``torch.func.vjp``), then a dot product with Δθ. α = 1 is the plain
   first-order expansion; the reference code scales it down (α = 0.01) because for l2 the expansion
   overshoots (it omits −‖JΔθ‖²/NK, see tests).
+- ``taylor_terms``: the same terms for several similarities at once. The correction is
+  ⟨Jᵀ Π, Δθ⟩ = ⟨Π, J Δθ⟩, so the one JVP of ``jacobian_delta`` (also behind
+  ``linearized_outputs``) serves every similarity with one (N, K) dot product each, where the VJP
+  form needs one backward pass per Π.
 
 Only parameters move; buffers (BatchNorm statistics) stay the parent's.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch.func import jvp, vjp
@@ -20,11 +26,18 @@ from app.engine.architectures import Network
 from app.engine.metrics import SIMILARITIES, SIMILARITY_GRADIENTS
 
 
-def _split(network: Network, state: dict[str, torch.Tensor]):
+def _parent_function(
+    network: Network, parent_state: dict[str, torch.Tensor], x: torch.Tensor, use_head: bool
+) -> tuple[Callable[[dict[str, torch.Tensor]], torch.Tensor], dict[str, torch.Tensor]]:
+    """(θ ↦ f_θ(x) with the parent's buffers, the parent's parameters θ_p)."""
     names = set(network.param_names)
-    params = {n: t for n, t in state.items() if n in names}
-    buffers = {n: t for n, t in state.items() if n not in names}
-    return params, buffers
+    params = {n: t for n, t in parent_state.items() if n in names}
+    buffers = {n: t for n, t in parent_state.items() if n not in names}
+
+    def f(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return network.output({**p, **buffers}, x, use_head)
+
+    return f, params
 
 
 def parameter_delta(
@@ -43,6 +56,19 @@ def parameter_delta(
     return delta
 
 
+def jacobian_delta(
+    network: Network,
+    parent_state: dict[str, torch.Tensor],
+    delta: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    use_head: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f_p(x), J_θ f_p(x)·Δθ), both (N, K), from one forward-mode JVP."""
+    f, params = _parent_function(network, parent_state, x, use_head)
+    f_p, j_delta = jvp(f, (params,), ({n: delta[n] for n in params},))
+    return f_p.detach(), j_delta.detach()
+
+
 def linearized_outputs(
     network: Network,
     parent_state: dict[str, torch.Tensor],
@@ -50,43 +76,48 @@ def linearized_outputs(
     x: torch.Tensor,
     use_head: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(f_p(x), f̄_p(x)), both (N, K), from one forward-mode JVP."""
-    params, buffers = _split(network, parent_state)
-
-    def f(p):
-        return network.output({**p, **buffers}, x, use_head)
-
-    tangents = {n: delta[n] for n in params}
-    f_p, jacobian_delta = jvp(f, (params,), (tangents,))
-    return f_p.detach(), (f_p + jacobian_delta).detach()
+    """(f_p(x), f̄_p(x) = f_p(x) + J·Δθ), both (N, K), from one forward-mode JVP."""
+    f_p, j_delta = jacobian_delta(network, parent_state, delta, x, use_head)
+    return f_p, f_p + j_delta
 
 
-def taylor_terms(
+def taylor_term(
     network: Network,
     parent_state: dict[str, torch.Tensor],
     delta: dict[str, torch.Tensor],
     x: torch.Tensor,
     f_c: torch.Tensor,
     use_head: bool,
-    names: list[str],
-) -> dict[str, tuple[float, float]]:
-    """(s(f_p, f_c), ⟨vjp(Π), Δθ⟩) for each similarity name (keys of SIMILARITY_GRADIENTS).
+    similarity: str,
+) -> tuple[float, float]:
+    """(s(f_p, f_c), ⟨∇_θ[Σ_i sg(Π_i)·f_θ(x_i)]|θ_p, Δθ⟩) for one similarity (a key of
+    SIMILARITY_GRADIENTS): the paper's shortcut, one forward pass and one VJP.
 
-    One forward pass, then one VJP per similarity: the correction term is
-    ⟨vjp(Π), Δθ⟩ = Σ_i Π_i · J_i Δθ. The Taylor similarity is base + α·correction.
+    Π = ∂s/∂f_p in closed form; the Taylor similarity is base + α·correction.
     """
-    params, buffers = _split(network, parent_state)
-
-    def f(p):
-        return network.output({**p, **buffers}, x, use_head)
-
+    f, params = _parent_function(network, parent_state, x, use_head)
     f_p, pullback = vjp(f, params)
     f_p = f_p.detach()
+    pi = SIMILARITY_GRADIENTS[similarity](f_p - f_c)  # (N, K)
+    (grads,) = pullback(pi)
+    correction = sum((grads[n] * delta[n]).sum() for n in params)
+    return float(SIMILARITIES[similarity](f_p, f_c)), float(correction)
+
+
+def taylor_terms(
+    f_p: torch.Tensor, j_delta: torch.Tensor, f_c: torch.Tensor, names: list[str]
+) -> dict[str, tuple[float, float]]:
+    """(s(f_p, f_c), Σ_i Π_i·(J·Δθ)_i) for each similarity name, from the outputs of one JVP
+    (``jacobian_delta``).
+
+    The correction ⟨Jᵀ Π, Δθ⟩ of ``taylor_term`` equals ⟨Π, J Δθ⟩, so every similarity costs a
+    dot product of two (N, K) tensors instead of a backward pass; the two agree up to
+    floating-point rounding.
+    """
     d = f_p - f_c
     results = {}
     for name in names:
         pi = SIMILARITY_GRADIENTS[name](d)  # (N, K)
-        (grads,) = pullback(pi)
-        correction = sum((grads[n] * delta[n]).sum() for n in params)
+        correction = (pi * j_delta).sum()
         results[name] = (float(SIMILARITIES[name](f_p, f_c)), float(correction))
     return results

@@ -14,7 +14,9 @@ see ``decision.py``), ``trained`` (the Lineage Detector, ``detector_inputs.py``)
 (LoRA adapter children, ``adapters.py``).
 
 ``PairContext`` computes each intermediate (network, states, probes, outputs, JVP, VJP) once per
-pair, so scoring a pair with every method costs one forward, one JVP and one VJP pass.
+pair. One JVP gives f_p and J·Δθ, hence every ``lin-*`` score and, as ⟨Π, J·Δθ⟩, every Taylor
+correction (``taylor_terms``, which the benchmark stores); a ``taylor-*`` method asked for on its
+own costs one VJP for its own similarity, the paper's shortcut.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property, lru_cache
 
@@ -32,7 +34,7 @@ from app.engine import adapters, weightspace
 from app.engine.architectures import Network, build_network, pair_states
 from app.engine.calibration import taylor_alpha
 from app.engine.errors import IncompatibleModels, InvalidConfig, UnknownMethod
-from app.engine.linearize import linearized_outputs, parameter_delta, taylor_terms
+from app.engine.linearize import jacobian_delta, parameter_delta, taylor_term, taylor_terms
 from app.engine.metrics import SIMILARITIES, SIMILARITY_GRADIENTS
 from app.engine.model_files import LoadedModel
 from app.engine.probes import DEFAULT_NUM_PROBES, DEFAULT_PROBE_SEED, probe_inputs
@@ -61,6 +63,10 @@ class PairContext:
     probe_seed: int = DEFAULT_PROBE_SEED
     # Scale α of the Taylor correction; None: each similarity's calibrated α (docs/benchmarks.md).
     taylor_alpha: float | None = None
+    # similarity -> (base, correction) of the Taylor methods scored by their own VJP
+    _taylor_single: dict[str, tuple[float, float]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @cached_property
     def network(self) -> Network:
@@ -104,36 +110,57 @@ class PairContext:
         return self.child.cache[key]  # (N, K)
 
     @cached_property
-    def linearized(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(f_p, f̄_p) on the probes."""
+    def jacobian_delta(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f_p, J·Δθ) on the probes, from one JVP: the exact linearisation and every Taylor
+        correction share it."""
         parent_state, _, use_head = self.states
-        return linearized_outputs(self.network, parent_state, self.delta, self.probes, use_head)
+        return jacobian_delta(self.network, parent_state, self.delta, self.probes, use_head)
+
+    @cached_property
+    def linearized(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f_p, f̄_p = f_p + J·Δθ) on the probes."""
+        f_p, j_delta = self.jacobian_delta
+        return f_p, f_p + j_delta
 
     @cached_property
     def parent_output(self) -> torch.Tensor:
-        if "linearized" in self.__dict__:  # the JVP already gave f_p
-            return self.linearized[0]
+        if "jacobian_delta" in self.__dict__:  # the JVP already gave f_p
+            return self.jacobian_delta[0]
         parent_state, _, use_head = self.states
         with torch.no_grad():
             return self.network.output(parent_state, self.probes, use_head)  # (N, K)
 
     @cached_property
     def taylor_terms(self) -> dict[str, tuple[float, float]]:
-        """(s(f_p, f_c), correction) per similarity, from one forward pass and VJPs."""
+        """(s(f_p, f_c), Σ_i Π_i·(J·Δθ)_i) for every similarity of SIMILARITY_GRADIENTS, from
+        the one JVP of ``jacobian_delta`` (the benchmark stores them all)."""
+        f_p, j_delta = self.jacobian_delta
+        names = list(SIMILARITY_GRADIENTS)
+        return taylor_terms(f_p, j_delta, self.child_output, names)
+
+    def taylor_term(self, similarity: str) -> tuple[float, float]:
+        """(s(f_p, f_c), ⟨∇_θ[Σ_i sg(Π_i)·f_θ(x_i)]|θ_p, Δθ⟩) for one similarity: one VJP (the
+        paper's shortcut), or none where this pair's JVP is already computed: the same
+        correction is then ⟨Π, J·Δθ⟩."""
+        if similarity in self._taylor_single:
+            return self._taylor_single[similarity]
+        if "jacobian_delta" in self.__dict__:
+            return self.taylor_terms[similarity]
         parent_state, _, use_head = self.states
-        return taylor_terms(
+        self._taylor_single[similarity] = taylor_term(
             self.network,
             parent_state,
             self.delta,
             self.probes,
             self.child_output,
             use_head,
-            list(SIMILARITY_GRADIENTS),
+            similarity,
         )
+        return self._taylor_single[similarity]
 
     def taylor(self, similarity: str) -> float:
-        """Taylor-shortcut similarity s(f_p, f_c) + α·correction."""
-        base, correction = self.taylor_terms[similarity]
+        """Taylor-shortcut similarity s(f_p, f_c) + α·⟨∇_θ[Σ_i sg(Π_i)·f_θ(x_i)]|θ_p, Δθ⟩."""
+        base, correction = self.taylor_term(similarity)
         alpha = self.taylor_alpha if self.taylor_alpha is not None else taylor_alpha(similarity)
         return base + alpha * correction
 
