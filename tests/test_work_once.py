@@ -5,6 +5,8 @@ architecture in SQL."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -150,3 +152,26 @@ def test_a_jobs_candidates_are_the_childs_architecture_in_sql(client, tmp_path):
     result = client.get(f"/jobs/{response.json()['job_id']}").json()["result"]
     assert {c["parent"] for c in result["candidates"]} == {"same", "bare"}
     assert result["skipped"] == []
+
+
+def test_a_config_is_checked_against_the_weights_without_building_the_model(tmp_path):
+    """A config claiming a 20000×20000 layer (1.6 GB in float32) over a few bytes of weights is
+    refused by their shapes, in a process that never comes near that size."""
+    hostile = {"model_type": "lineage-mlp", "sizes": [20000, 20000, 2], "activation": "relu"}
+    folder = save_model(tmp_path / "hostile", tiny_mlp_state(0), hostile)
+    program = (
+        "import resource, sys\n"
+        "from app.engine.architectures import open_model\n"
+        "from app.engine.errors import ShapeMismatch\n"
+        "try:\n"
+        f"    open_model({str(folder)!r})\n"
+        "except ShapeMismatch as exc:\n"
+        "    print('refused:', exc.message)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True
+    )
+    refusal, peak_mb = result.stdout.strip().splitlines()
+    assert refusal.startswith("refused:") and "layers.0.weight" in refusal
+    assert int(peak_mb) < 1000, f"peak {peak_mb} MB: the hostile layer was allocated"

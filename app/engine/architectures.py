@@ -222,43 +222,38 @@ def build_network(config: dict | None, device: torch.device | str = "cpu") -> Ne
     return network
 
 
-def model_state(
-    network: Network, model: LoadedModel, device: torch.device | str = "cpu", *, strict_head=True
-) -> tuple[dict[str, torch.Tensor], bool]:
-    """The network's state (parameters and buffers, float32) filled from a model's weights.
-
-    Returns (state, head_fits). Tensors of the head whose shape differs are replaced by the
-    network's own and ``head_fits`` is False: f(x) must then be the features before the head.
-    Any other missing or misshapen tensor raises ``ShapeMismatch`` naming it.
-    """
-    available = set(model.weights)
-    floats = model.float_tensors()
-    state: dict[str, torch.Tensor] = {}
+def _state_plan(
+    network: Network, model: LoadedModel, strict_head: bool
+) -> tuple[dict[str, str | None], bool]:
+    """Where each tensor of the network's state comes from, decided from the weights' headers
+    alone (nothing is read): a file tensor's name, or None for the network's own tensor (an
+    optional pooler, a batch counter, or a head the child replaced). Returns (plan, head_fits);
+    any other missing or misshapen tensor raises ``ShapeMismatch`` naming it."""
+    infos = model.weights.infos
+    available = set(infos)
+    plan: dict[str, str | None] = {}
     missing, misshapen, head_fits = [], [], True
     for name, init in network._init_state.items():
         file_name = network.file_name(name, available)
         if file_name is None:
             if name in network.optional or (name in network.head and not strict_head):
-                state[name] = init
+                plan[name] = None
                 head_fits = head_fits and name not in network.head
                 continue
             if name.endswith("num_batches_tracked"):
-                state[name] = init
+                plan[name] = None
                 continue
             missing.append(name)
             continue
-        tensor = floats.get(file_name)
-        if tensor is None:  # an integer buffer such as num_batches_tracked or position ids
-            state[name] = model.weights[file_name].to(device)
-            continue
-        if tuple(tensor.shape) != tuple(init.shape):
+        info = infos[file_name]
+        if info.is_float and tuple(info.shape) != tuple(init.shape):
             if name in network.head and not strict_head:
-                state[name] = init
+                plan[name] = None
                 head_fits = False
                 continue
-            misshapen.append(f"{name} {tuple(tensor.shape)} (expected {tuple(init.shape)})")
+            misshapen.append(f"{name} {tuple(info.shape)} (expected {tuple(init.shape)})")
             continue
-        state[name] = tensor.to(device)
+        plan[name] = file_name
     if missing or misshapen:
         parts = []
         if missing:
@@ -268,15 +263,48 @@ def model_state(
         raise ShapeMismatch(
             f"{model.name}: weights do not fit the architecture ({'; '.join(parts)})"
         )
+    return plan, head_fits
+
+
+def model_state(
+    network: Network, model: LoadedModel, device: torch.device | str = "cpu", *, strict_head=True
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """The network's state (parameters and buffers, float32) filled from a model's weights.
+
+    Returns (state, head_fits). Tensors of the head whose shape differs are replaced by the
+    network's own and ``head_fits`` is False: f(x) must then be the features before the head.
+    Any other missing or misshapen tensor raises ``ShapeMismatch`` naming it.
+    """
+    plan, head_fits = _state_plan(network, model, strict_head)
+    floats = model.float_tensors()
+    state: dict[str, torch.Tensor] = {}
+    for name, file_name in plan.items():
+        if file_name is None:
+            state[name] = network._init_state[name]
+        elif file_name in floats:
+            state[name] = floats[file_name].to(device)
+        else:  # an integer buffer such as num_batches_tracked or position ids
+            state[name] = model.weights[file_name].to(device)
     return state, head_fits
 
 
 def validate_architecture(model: LoadedModel) -> None:
-    """Check that a model's weights fit its own config (when it has one)."""
+    """Check that a model's weights fit its own config (when it has one), from the shapes alone.
+
+    The network is built on PyTorch's ``meta`` device, which records shapes and allocates
+    nothing, and compared with the weights' headers: the check costs neither a model's memory
+    nor its initialisation, whatever sizes a config claims, and reads no weight.
+    """
     if model.config is None:
         return
-    network = build_network(model.config)
-    model_state(network, model)
+    try:
+        with torch.device("meta"):
+            network = build_network(model.config, "meta")
+    except Exception:
+        # A module whose construction needs real numbers (a value read back with .item()) cannot
+        # be built on meta; the ordinary build then decides, with its own clear errors.
+        network = build_network(model.config)
+    _state_plan(network, model, strict_head=True)
 
 
 def pair_states(
