@@ -42,8 +42,9 @@ SIZES = {
 }
 
 
-class NoDispatch:
-    """Keeps submitted job ids; this script runs them itself, in this process."""
+class HeldJobs:
+    """A dispatcher that holds the jobs handed to it, for the caller to run when it chooses
+    (here, in this process, step by step)."""
 
     def __init__(self) -> None:
         self.jobs: list[str] = []
@@ -101,7 +102,7 @@ def main() -> None:
                     session, settings, upload(folder, stack), name=f"p{i}", candidate=True
                 )
         registration = (time.perf_counter() - started) / len(folders)
-        dispatcher = NoDispatch()
+        dispatcher = HeldJobs()
         with ExitStack() as stack, transaction(factory) as session:
             detection.submit(
                 session,

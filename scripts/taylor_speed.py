@@ -41,7 +41,7 @@ from app.engine.methods import METHODS, PairContext, network_for
 from app.engine.metrics import SIMILARITIES, SIMILARITY_GRADIENTS, l2_similarity
 from app.engine.model_files import LoadedModel, load_model, save_model
 from app.engine.probes import probe_inputs
-from app.engine.training import initial_state
+from app.engine.training import initial_state, noisy_copy
 
 GPT2_SMALL = transformers.GPT2Config(
     n_layer=12,
@@ -59,13 +59,7 @@ ALPHA = taylor_alpha("l2")  # the engine's α, passed to every approach
 def save_pair(folder: Path) -> tuple[LoadedModel, LoadedModel]:
     """Write the seeded parent and child (parent + 1 % of each tensor's spread) and open them."""
     parent = initial_state(CONFIG, 0)
-    generator = torch.Generator().manual_seed(1)
-    child = {
-        k: v + 0.01 * v.std() * torch.randn(v.shape, generator=generator)
-        if v.is_floating_point() and v.numel() > 1
-        else v
-        for k, v in parent.items()
-    }
+    child = noisy_copy(parent, 0.01, seed=1)
     save_model(folder / "parent", parent, CONFIG)
     save_model(folder / "child", child, CONFIG)
     return load_model(folder / "parent", "parent"), load_model(folder / "child", "child")

@@ -23,6 +23,7 @@ from app.engine.architectures import open_model, open_trusted
 from app.engine.model_files import save_model
 from app.engine.training import initial_state
 from app.registry import service as registry
+from scripts.job_cost import HeldJobs
 from tests.factories import TINY_MLP_CONFIG, tiny_mlp_state
 from worker.in_process import InProcessDispatcher
 
@@ -84,19 +85,6 @@ def test_registration_stores_the_statistics_a_job_would_compute(client, tmp_path
     assert "spectrum" not in open_model(other, "q").cache
 
 
-class Held:
-    """A dispatcher that holds the jobs handed to it, for the test to run when it chooses."""
-
-    def __init__(self) -> None:
-        self.jobs: list[str] = []
-
-    def enqueue(self, job_id: str) -> None:
-        self.jobs.append(job_id)
-
-    def close(self) -> None:
-        pass
-
-
 def test_a_job_reuses_the_stored_statistics(tmp_path, monkeypatch):
     """With the eigensolver that computes them broken once every model is registered,
     weight-spectrum still scores: the job read every model's statistics from storage (an
@@ -107,7 +95,7 @@ def test_a_job_reuses_the_stored_statistics(tmp_path, monkeypatch):
     engine = make_engine(url)
     factory = session_factory(engine)
     parents = {f"p{i}": stepped(tiny_mlp_state(0), i) for i in range(3)}
-    held = Held()
+    held = HeldJobs()
     with ExitStack() as files, transaction(factory) as session:
         for name, state in parents.items():
             source = save_model(tmp_path / name, state, TINY_MLP_CONFIG)

@@ -286,16 +286,10 @@ def time_at_scale(
     """Cost of each method on one MiniLM-sized pair: a seeded random parent and a child that is
     the parent plus small noise (1 % of each tensor's spread), written to ``folder``."""
     from app.engine.model_files import save_model
-    from app.engine.training import initial_state
+    from app.engine.training import initial_state, noisy_copy
 
     parent = initial_state(SCALE_CONFIG, 0)
-    generator = torch.Generator().manual_seed(1)
-    child = {
-        k: v + 0.01 * v.std() * torch.randn(v.shape, generator=generator)
-        if v.is_floating_point() and v.numel() > 1
-        else v
-        for k, v in parent.items()
-    }
+    child = noisy_copy(parent, 0.01, seed=1)
     save_model(folder / "parent", parent, SCALE_CONFIG)
     save_model(folder / "child", child, SCALE_CONFIG)
     pairs = [("parent", "child")]

@@ -37,6 +37,20 @@ def initial_state(config: dict, seed: int) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in network.module.state_dict().items()}
 
 
+def noisy_copy(
+    state: dict[str, torch.Tensor], relative: float, seed: int
+) -> dict[str, torch.Tensor]:
+    """A fine-tune stand-in for timing: θ + relative·std(θ)·ε per float tensor of more than one
+    value, ε seeded Gaussian noise; other tensors are kept as they are."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        k: v + relative * v.std() * torch.randn(v.shape, generator=generator)
+        if v.is_floating_point() and v.numel() > 1
+        else v
+        for k, v in state.items()
+    }
+
+
 def digits_task(
     network: Network, task: int | None, num_classes: int = 10, subset: int | None = None, seed=0
 ) -> tuple[torch.Tensor, torch.Tensor]:
