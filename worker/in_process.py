@@ -10,7 +10,7 @@ import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.detection.service import run_job, unfinished_job_ids
+from app.detection.service import DEFAULT_SHORTLIST, run_job, unfinished_job_ids
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +18,13 @@ log = logging.getLogger(__name__)
 class InProcessDispatcher:
     """A single worker thread inside this process, fed by a queue of job ids."""
 
-    def __init__(self, factory: sessionmaker[Session], device: str = "cpu"):
-        self.factory, self.device = factory, device
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        device: str = "cpu",
+        shortlist_size: int = DEFAULT_SHORTLIST,
+    ):
+        self.factory, self.device, self.shortlist_size = factory, device, shortlist_size
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="lineage-worker", daemon=True)
         self._thread.start()
@@ -39,7 +44,9 @@ class InProcessDispatcher:
     def _work(self) -> None:
         while (job_id := self._queue.get()) is not None:
             try:
-                run_job(self.factory, job_id, device=self.device)
+                run_job(
+                    self.factory, job_id, device=self.device, shortlist_size=self.shortlist_size
+                )
             except Exception:  # a bug, not bad input: log it and keep serving
                 log.exception("job %s crashed the in-process worker", job_id)
             finally:

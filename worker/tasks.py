@@ -24,4 +24,5 @@ def _factory():
 @celery.task(name=DETECT_TASK)
 def detect(job_id: str) -> None:
     """Run detection job ``job_id`` (its id is also this task's id)."""
-    run_job(_factory(), job_id, device=get_settings().device)
+    settings = get_settings()
+    run_job(_factory(), job_id, device=settings.device, shortlist_size=settings.shortlist_size)

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     hf_hub_offline: bool = Field(
         False, description="Serve hub models from the cache only (as HF_HUB_OFFLINE=1)."
     )
+    shortlist_size: int = Field(
+        16,
+        ge=0,
+        description="Catalog models scored per detection: the child's nearest weight sketches "
+        "among those of its architecture; 0 scores every one.",
+    )
     device: str = Field(
         "cpu", description="Where workers run the engine: cpu, cuda or cuda:N (one per GPU)."
     )

@@ -40,6 +40,8 @@ from app.registry.service import ModelSource
 
 log = logging.getLogger(__name__)
 
+# Catalog models scored per job unless the settings say otherwise (``SHORTLIST_SIZE``).
+DEFAULT_SHORTLIST = Settings.model_fields["shortlist_size"].default
 # Progress once the models are open, and once they are scored.
 LOADED_PROGRESS = 0.3
 SCORED_PROGRESS = 0.9
@@ -112,8 +114,8 @@ def _mark_failed(session: Session, job_id: str, code: str, message: str) -> None
 @dataclass(frozen=True)
 class Claimed:
     """A claimed job, with what scoring needs read out of the database: the child's id, name,
-    files and SHA-256, the request, and the catalog's candidate parents of the child's
-    architecture as (name, files, SHA-256)."""
+    files and SHA-256, the request, the candidate parents to score as (name, files, SHA-256),
+    and how many catalog models of the child's architecture the shortlist chose them from."""
 
     job_id: str
     child_id: int
@@ -122,11 +124,16 @@ class Claimed:
     child_sha256: str
     request: dict
     catalog: list[tuple[str, str, str]]
+    catalog_size: int
 
 
-def claim(factory: sessionmaker[Session], job_id: str) -> Claimed | None:
-    """Claim the job in its own transaction; None when there is nothing to run (finished,
-    unknown, or its child was deleted: then it is marked failed)."""
+def claim(
+    factory: sessionmaker[Session], job_id: str, shortlist_size: int = DEFAULT_SHORTLIST
+) -> Claimed | None:
+    """Claim the job in its own transaction, with its candidates: at most ``shortlist_size``
+    catalog models of the child's architecture, those with the nearest weight sketches (0: all;
+    see ``registry.candidates``). None when there is nothing to run (finished, unknown, or its
+    child was deleted: then it is marked failed)."""
     with transaction(factory) as session:
         job = JobRepository(session).claim(job_id)
         if job is None:
@@ -135,10 +142,8 @@ def claim(factory: sessionmaker[Session], job_id: str) -> Claimed | None:
         if child is None:
             _mark_failed(session, job_id, "unknown_model", "the job's model was deleted")
             return None
-        catalog = [
-            (m.name, m.storage_path, m.sha256)
-            for m in registry.candidates(session, child.id, child.architecture)
-        ]
+        found = registry.candidates(session, child, shortlist_size)
+        catalog = [(m.name, m.storage_path, m.sha256) for m in found.models]
         return Claimed(
             job_id,
             child.id,
@@ -147,6 +152,7 @@ def claim(factory: sessionmaker[Session], job_id: str) -> Claimed | None:
             child.sha256,
             dict(job.request or {}),
             catalog,
+            found.catalog_size,
         )
 
 
@@ -188,6 +194,7 @@ def score(claimed: Claimed, device: str, progress: Callable[[float], None]) -> d
         return empty_catalog_result(claimed.child_name)
     method = claimed.request.get("method", AUTO)
     result = rank_candidates(child, parents, method, device=device).to_dict()
+    result["shortlist"] = {"catalog": claimed.catalog_size, "scored": len(parents)}
     progress(SCORED_PROGRESS)
     return result
 
@@ -266,10 +273,16 @@ def fail(factory: sessionmaker[Session], job_id: str, code: str, message: str) -
         _mark_failed(session, job_id, code, message)
 
 
-def run_job(factory: sessionmaker[Session], job_id: str, *, device: str = "cpu") -> None:
+def run_job(
+    factory: sessionmaker[Session],
+    job_id: str,
+    *,
+    device: str = "cpu",
+    shortlist_size: int = DEFAULT_SHORTLIST,
+) -> None:
     """Claim, score and record one job; its outcome is written to the database. Bad input fails
     the job; a bug or a time limit fails it too and is raised for the caller to log."""
-    claimed = claim(factory, job_id)
+    claimed = claim(factory, job_id, shortlist_size)
     if claimed is None:
         return
     try:

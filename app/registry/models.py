@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base, utcnow
@@ -12,9 +12,10 @@ from app.core.db import Base, utcnow
 
 class Model(Base):
     """A registered model. ``sha256`` (of the weight bytes) is its identity: the same weights
-    registered twice are one row. ``name`` is what people call it (``org/name`` for hub
-    models, which also carry the resolved ``revision`` commit). ``is_candidate``: whether it is
-    in the parent catalog that new children are scored against."""
+        registered twice are one row. ``name`` is what people call it (``org/name`` for hub
+        models, which also carry the resolved ``revision`` commit). ``is_candidate``: whether it is
+        in the parent catalog that new children are scored against. ``sketch``: what shortlists
+    it as a candidate without opening its files (loaded only when asked for)."""
 
     __tablename__ = "models"
 
@@ -29,4 +30,7 @@ class Model(Base):
     num_parameters: Mapped[int] = mapped_column(BigInteger)
     storage_path: Mapped[str] = mapped_column(String(500))
     is_candidate: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The weight sketch (``app.engine.sketch``): float32 rows, and the (tensor, length) of each.
+    sketch: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    sketch_tensors: Mapped[list | None] = mapped_column(JSON, deferred=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from app.registry.models import Model
 
@@ -52,10 +52,15 @@ class ModelRepository:
             return False
         return True
 
-    def candidates(self, exclude_id: int, architecture: str | None) -> list[Model]:
+    def candidates(
+        self, exclude_id: int, architecture: str | None, *, with_sketches: bool = False
+    ) -> list[Model]:
         """Catalog parents except the model itself, oldest first; with ``architecture``, only
-        those of that architecture or of none (filtered in SQL, on an indexed column)."""
+        those of that architecture or of none (filtered in SQL, on an indexed column). Their
+        sketches are loaded in the same query when ``with_sketches``."""
         query = select(Model).where(Model.is_candidate, Model.id != exclude_id)
+        if with_sketches:
+            query = query.options(undefer(Model.sketch), undefer(Model.sketch_tensors))
         if architecture is not None:
             query = query.where(
                 or_(Model.architecture == architecture, Model.architecture.is_(None))

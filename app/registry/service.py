@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.engine.model_files import LoadedModel
+from app.engine.sketch import Sketch, model_sketch, shortlist
 from app.hub.declared import DeclaredParent, declared_parents
 from app.hub.resolve import resolve_with_settings
 from app.registry.errors import NameTaken, UnknownModel
@@ -121,6 +122,8 @@ def register(
     if existing is not None:
         if candidate and not existing.is_candidate:
             existing.is_candidate = True
+        if existing.sketch is None:  # registered before sketches existed
+            _store_sketch(existing, loaded)
         return existing, False
     if repository.name_is_taken(name):
         raise NameTaken(f"the name {name!r} is already registered for other weights")
@@ -136,6 +139,7 @@ def register(
         storage_path=str(folder),
         is_candidate=candidate,
     )
+    _store_sketch(record, loaded)
     if repository.insert(record):
         return record, True
     # A concurrent registration won the race: answer as if we had come second.
@@ -143,6 +147,14 @@ def register(
     if winner is not None:
         return winner, False
     raise NameTaken(f"the name {name!r} is already registered for other weights")
+
+
+def _store_sketch(record: Model, loaded: LoadedModel) -> None:
+    """Compute the model's weight sketch (from the statistics stored with its files) into its
+    record."""
+    sketch = model_sketch(loaded)
+    record.sketch = sketch.to_bytes()
+    record.sketch_tensors = [[name, length] for name, length in sketch.keys]
 
 
 def get_by_name(session: Session, name: str) -> Model:
@@ -170,11 +182,35 @@ def promote(session: Session, model_id: int) -> None:
         model.is_candidate = True
 
 
-def candidates(session: Session, exclude_id: int, architecture: str | None) -> list[Model]:
-    """The catalog parents a model of ``architecture`` can be compared with, except the model
-    itself, oldest first: those of the same architecture and those without one (weights alone
-    may still match). A model without an architecture is compared with every catalog parent."""
-    return ModelRepository(session).candidates(exclude_id, architecture)
+@dataclass(frozen=True)
+class Candidates:
+    """The catalog parents a child is scored against, oldest first, and how many catalog models
+    of its architecture there were before the shortlist kept these."""
+
+    models: list[Model]
+    catalog_size: int
+
+
+def candidates(session: Session, child: Model, shortlist_size: int) -> Candidates:
+    """The catalog parents ``child`` is scored against, oldest first.
+
+    Filtered in SQL to the child's architecture and to models without one (weights alone may
+    still match; a child without an architecture meets every catalog parent). When more than
+    ``shortlist_size`` remain (0: no shortlist), only the ``shortlist_size`` whose weight sketches
+    are nearest the child's are kept (``app.engine.sketch``), and those without a sketch.
+    """
+    repository = ModelRepository(session)
+    shortlisting = shortlist_size > 0 and child.sketch is not None
+    catalog = repository.candidates(child.id, child.architecture, with_sketches=shortlisting)
+    if not shortlisting or len(catalog) <= shortlist_size:
+        return Candidates(catalog, len(catalog))
+    sketches = [
+        Sketch.from_stored(m.sketch_tensors, m.sketch) if m.sketch is not None else None
+        for m in catalog
+    ]
+    own = Sketch.from_stored(child.sketch_tensors, child.sketch)
+    kept = sorted(shortlist(own, sketches, shortlist_size))
+    return Candidates([catalog[i] for i in kept], len(catalog))
 
 
 def catalog_names(session: Session, names: list[str]) -> dict[str, str]:
