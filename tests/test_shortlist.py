@@ -23,6 +23,7 @@ from app.engine.sketch import (
     shortlist,
     sketch_distance,
     sketch_distances,
+    stored_keys,
 )
 from app.engine.training import initial_state, noisy_copy, permute_hidden_units
 from worker.dispatch import dispatcher_for
@@ -62,7 +63,9 @@ def test_a_sketch_is_deterministic_and_blind_to_permuted_units(family):
         permuted.rows[:, spectra], child.rows[:, spectra], rtol=1e-4, atol=1e-5
     )
     assert not np.allclose(permuted.rows[:, :SKETCH_DIM], child.rows[:, :SKETCH_DIM])
-    stored = Sketch.from_stored([list(k) for k in child.keys], child.to_bytes())
+    stored = Sketch.from_stored(
+        stored_keys([list(k) for k in child.keys]), child.to_bytes(), child.layout
+    )
     assert stored.keys == child.keys and np.array_equal(stored.rows, child.rows)
 
 

@@ -26,6 +26,8 @@ distilled from scratch): weight evidence has nothing to go on there.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -69,23 +71,37 @@ def tensor_sketch(name: str, statistics: np.ndarray) -> np.ndarray:
     return _projection(name, length) @ statistics
 
 
+def layout_of(keys: list[tuple[str, int]] | tuple) -> str:
+    """A short digest of a sketch's keys: models with the same tensors share it, so sketches are
+    compared a layout at a time and a catalog stores each layout's keys once."""
+    text = json.dumps([[name, length] for name, length in keys], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 @dataclass(frozen=True)
 class Sketch:
     """A model's sketch: one row per comparable tensor, keyed by (name, statistics length); a
-    row is the tensor's count sketch then its spectral sketch."""
+    row is the tensor's count sketch then its spectral sketch. ``layout`` digests the keys."""
 
-    keys: list[tuple[str, int]]
+    keys: tuple[tuple[str, int], ...]
     rows: np.ndarray  # (T, 2·SKETCH_DIM) float32
+    layout: str
 
     def to_bytes(self) -> bytes:
         """The rows as little-endian float32 bytes (the keys are stored beside them)."""
         return self.rows.astype("<f4").tobytes()
 
     @classmethod
-    def from_stored(cls, keys: list, data: bytes) -> Sketch:
-        """A sketch from its stored keys ([[name, length], ...]) and ``to_bytes`` data."""
+    def from_stored(cls, keys: tuple, data: bytes, layout: str) -> Sketch:
+        """A sketch from its layout's keys (shared by every sketch of that layout), its
+        ``to_bytes`` data and its layout digest."""
         rows = np.frombuffer(data, dtype="<f4").reshape(len(keys), 2 * SKETCH_DIM)
-        return cls([(str(n), int(k)) for n, k in keys], rows)
+        return cls(keys, rows, layout)
+
+
+def stored_keys(keys: list) -> tuple[tuple[str, int], ...]:
+    """Keys as stored in JSON ([[name, length], ...]) back as a sketch's tuple."""
+    return tuple((str(name), int(length)) for name, length in keys)
 
 
 def model_sketch(model: LoadedModel) -> Sketch:
@@ -98,7 +114,8 @@ def model_sketch(model: LoadedModel) -> Sketch:
         weights = model.weights[name].to(torch.float64).numpy()
         keys.append((name, statistics.shape[0]))
         rows.append(np.concatenate([count_sketch(name, weights), tensor_sketch(name, statistics)]))
-    return Sketch(keys, np.asarray(rows, dtype=np.float32).reshape(len(keys), 2 * SKETCH_DIM))
+    matrix = np.asarray(rows, dtype=np.float32).reshape(len(keys), 2 * SKETCH_DIM)
+    return Sketch(tuple(keys), matrix, layout_of(keys))
 
 
 def sketch_distances(child: Sketch, candidate: Sketch) -> tuple[float, float]:
@@ -122,15 +139,44 @@ def sketch_distance(child: Sketch, candidate: Sketch) -> float:
     return sketch_distances(child, candidate)[1]
 
 
+def _distances_to_all(child: Sketch, candidates: list[Sketch]) -> np.ndarray:
+    """``sketch_distances`` of every candidate, (N, 2), computed once per distinct tensor layout
+    (catalog models of one architecture share theirs) as one vectorised difference."""
+    result = np.full((len(candidates), 2), np.inf)
+    layouts: dict[str, list[int]] = {}
+    for i, candidate in enumerate(candidates):
+        layouts.setdefault(candidate.layout, []).append(i)
+    for members in layouts.values():
+        index = {key: j for j, key in enumerate(candidates[members[0]].keys)}
+        shared = [(i, index[key]) for i, key in enumerate(child.keys) if key in index]
+        if not shared:
+            continue
+        mine, theirs = (np.asarray(side) for side in zip(*shared, strict=True))
+        aligned = len(theirs) == len(index) and bool((theirs == np.arange(len(theirs))).all())
+        # (G, S, 2·D) in float32: a shortlist needs an order, not digits.
+        stacked = np.stack(
+            [candidates[i].rows if aligned else candidates[i].rows[theirs] for i in members]
+        )
+        squared = (stacked - child.rows[mine]) ** 2
+        result[members, 0] = np.sqrt(squared[:, :, :SKETCH_DIM].sum(axis=(1, 2)))
+        result[members, 1] = np.sqrt(squared[:, :, SKETCH_DIM:].sum(axis=(1, 2)))
+    return result
+
+
 def shortlist(child: Sketch, candidates: list[Sketch | None], size: int) -> list[int]:
     """Indices of ``size`` candidates near ``child``: the nearest by raw weights and by spectra
     in turn (each index once), then every candidate without a sketch (never dropped)."""
-    measured = [(sketch_distances(child, c), i) for i, c in enumerate(candidates) if c is not None]
-    by_weights = [i for (d, _), i in sorted((d, i) for d, i in measured)]
-    by_spectra = [i for (_, d), i in sorted(((d, i) for d, i in measured), key=lambda t: t[0][1])]
+    present = [i for i, c in enumerate(candidates) if c is not None]
+    distances = _distances_to_all(child, [candidates[i] for i in present])
+    by_weights = [present[j] for j in np.argsort(distances[:, 0], kind="stable")]
+    by_spectra = [present[j] for j in np.argsort(distances[:, 1], kind="stable")]
     chosen: list[int] = []
+    taken: set[int] = set()
     for pair in zip(by_weights, by_spectra, strict=True):
         for i in pair:
-            if i not in chosen and len(chosen) < size:
+            if i not in taken and len(chosen) < size:
                 chosen.append(i)
+                taken.add(i)
+        if len(chosen) >= size:
+            break
     return chosen + [i for i, c in enumerate(candidates) if c is None]

@@ -30,7 +30,9 @@ class Model(Base):
     num_parameters: Mapped[int] = mapped_column(BigInteger)
     storage_path: Mapped[str] = mapped_column(String(500))
     is_candidate: Mapped[bool] = mapped_column(Boolean, default=False)
-    # The weight sketch (``app.engine.sketch``): float32 rows, and the (tensor, length) of each.
+    # The weight sketch (``app.engine.sketch``): float32 rows, the (tensor, length) of each row,
+    # and the digest of that list, which models of one architecture share.
     sketch: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     sketch_tensors: Mapped[list | None] = mapped_column(JSON, deferred=True)
+    sketch_layout: Mapped[str | None] = mapped_column(String(32), index=True, deferred=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -60,12 +60,26 @@ class ModelRepository:
         sketches are loaded in the same query when ``with_sketches``."""
         query = select(Model).where(Model.is_candidate, Model.id != exclude_id)
         if with_sketches:
-            query = query.options(undefer(Model.sketch), undefer(Model.sketch_tensors))
+            query = query.options(undefer(Model.sketch), undefer(Model.sketch_layout))
         if architecture is not None:
             query = query.where(
                 or_(Model.architecture == architecture, Model.architecture.is_(None))
             )
         return list(self.session.scalars(query.order_by(Model.id)))
+
+    def sketch_layouts(self, layouts: set[str]) -> dict[str, list]:
+        """The stored keys of each sketch layout, read from one model per layout."""
+        if not layouts:
+            return {}
+        first = (
+            select(func.min(Model.id))
+            .where(Model.sketch_layout.in_(layouts))
+            .group_by(Model.sketch_layout)
+        )
+        rows = self.session.execute(
+            select(Model.sketch_layout, Model.sketch_tensors).where(Model.id.in_(first))
+        )
+        return dict(rows.tuples().all())
 
     def matching_names_or_hub_ids(self, names: list[str]) -> list[Model]:
         """Models whose name or hub ID is one of ``names``."""

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.engine.model_files import LoadedModel
-from app.engine.sketch import Sketch, model_sketch, shortlist
+from app.engine.sketch import Sketch, model_sketch, shortlist, stored_keys
 from app.hub.declared import DeclaredParent, declared_parents
 from app.hub.resolve import resolve_with_settings
 from app.registry.errors import NameTaken, UnknownModel
@@ -155,6 +155,7 @@ def _store_sketch(record: Model, loaded: LoadedModel) -> None:
     sketch = model_sketch(loaded)
     record.sketch = sketch.to_bytes()
     record.sketch_tensors = [[name, length] for name, length in sketch.keys]
+    record.sketch_layout = sketch.layout
 
 
 def get_by_name(session: Session, name: str) -> Model:
@@ -204,11 +205,15 @@ def candidates(session: Session, child: Model, shortlist_size: int) -> Candidate
     catalog = repository.candidates(child.id, child.architecture, with_sketches=shortlisting)
     if not shortlisting or len(catalog) <= shortlist_size:
         return Candidates(catalog, len(catalog))
+    layouts = {m.sketch_layout for m in catalog if m.sketch is not None} | {child.sketch_layout}
+    keys = {k: stored_keys(v) for k, v in repository.sketch_layouts(layouts).items()}
     sketches = [
-        Sketch.from_stored(m.sketch_tensors, m.sketch) if m.sketch is not None else None
+        Sketch.from_stored(keys[m.sketch_layout], m.sketch, m.sketch_layout)
+        if m.sketch is not None
+        else None
         for m in catalog
     ]
-    own = Sketch.from_stored(child.sketch_tensors, child.sketch)
+    own = Sketch.from_stored(keys[child.sketch_layout], child.sketch, child.sketch_layout)
     kept = sorted(shortlist(own, sketches, shortlist_size))
     return Candidates([catalog[i] for i in kept], len(catalog))
 

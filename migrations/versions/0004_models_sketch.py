@@ -20,9 +20,13 @@ def upgrade() -> None:
     with op.batch_alter_table("models") as batch:
         batch.add_column(sa.Column("sketch", sa.LargeBinary()))
         batch.add_column(sa.Column("sketch_tensors", sa.JSON()))
+        batch.add_column(sa.Column("sketch_layout", sa.String(32)))
+        batch.create_index("ix_models_sketch_layout", ["sketch_layout"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("models") as batch:
+        batch.drop_index("ix_models_sketch_layout")
+        batch.drop_column("sketch_layout")
         batch.drop_column("sketch_tensors")
         batch.drop_column("sketch")
