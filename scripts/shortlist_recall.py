@@ -26,6 +26,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4, 16])
     args = parser.parse_args()
     sketches, manifests = {}, {}
+    missing = [z for z in args.zoos if not (z / "manifest.json").is_file()]
+    if missing:
+        parser.error(f"{missing[0]} is not a zoo (no manifest.json); build one with lineage zoo")
     for zoo in args.zoos:
         manifest = json.loads((zoo / "manifest.json").read_text())
         manifests[zoo] = manifest
