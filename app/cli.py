@@ -10,6 +10,8 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -68,6 +70,22 @@ def _format_ranking(ranking) -> str:
     return "\n".join(lines)
 
 
+@contextmanager
+def _progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback that draws a bar on stderr while the block runs,
+    when stderr is a terminal (in pipes, logs and tests it draws nothing)."""
+    if not sys.stderr.isatty():
+        yield lambda _done, _total: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
 def _local(source: str) -> str:
     """A model argument as a local path: hub IDs (``org/name[@revision]``) are resolved through
     the Hugging Face cache (``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``, ``HF_TOKEN``), paths pass."""
@@ -122,15 +140,17 @@ def detect(
         torch_device = _device(device)
         child_model = open_model(_local(child), child)
         parent_models = [open_model(_local(p), p) for p in candidates]
-        ranking = rank_candidates(
-            child_model,
-            parent_models,
-            method,
-            device=torch_device,
-            num_probes=probes,
-            probe_seed=seed,
-            taylor_alpha=taylor_alpha,
-        )
+        with _progress_bar(f"scoring {len(parent_models)} candidates") as progress:
+            ranking = rank_candidates(
+                child_model,
+                parent_models,
+                method,
+                device=torch_device,
+                num_probes=probes,
+                probe_seed=seed,
+                taylor_alpha=taylor_alpha,
+                progress=progress,
+            )
     except LineageError as exc:
         _fail(exc.message)
     except OSError as exc:

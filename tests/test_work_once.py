@@ -165,3 +165,36 @@ def test_a_config_is_checked_against_the_weights_without_building_the_model(tmp_
     refusal, peak_mb = result.stdout.strip().splitlines()
     assert refusal.startswith("refused:") and "layers.0.weight" in refusal
     assert int(peak_mb) < 1000, f"peak {peak_mb} MB: the hostile layer was allocated"
+
+
+def test_progress_is_reported_per_candidate(tmp_path):
+    """The engine reports each candidate as it is scored or skipped; a job maps that onto its
+    progress between loading the models (0.3) and recording the result (0.9)."""
+    from app.engine.decision import rank_candidates
+
+    parents = [stepped(tiny_mlp_state(0), i) for i in range(3)]
+    folders = [save_model(tmp_path / f"p{i}", s, TINY_MLP_CONFIG) for i, s in enumerate(parents)]
+    folders.append(save_model(tmp_path / "cnn", initial_state(CNN_CONFIG, 0), CNN_CONFIG))
+    child = open_model(save_model(tmp_path / "c", stepped(parents[1], 9, 0.01), TINY_MLP_CONFIG))
+    calls = []
+    ranking = rank_candidates(
+        child, [open_model(f) for f in folders], "weight-l2", progress=lambda *a: calls.append(a)
+    )
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]  # the skipped CNN counted too
+    assert len(ranking.skipped) == 1
+
+    url = f"sqlite:///{tmp_path / 'lineage.db'}"
+    migrate(url)
+    settings = Settings(database_url=url, storage_dir=tmp_path / "storage")
+    engine = make_engine(url)
+    factory = session_factory(engine)
+    held = HeldJobs()
+    with ExitStack() as files, transaction(factory) as session:
+        for i, folder in enumerate(folders[:3]):
+            registry.ingest(session, settings, upload(folder, files), name=f"p{i}", candidate=True)
+        detection.submit(session, settings, held, upload(tmp_path / "c", files), name="c")
+    claimed = detection.claim(factory, held.jobs[0])
+    seen = []
+    detection.score(claimed, "cpu", seen.append)
+    engine.dispose()
+    assert seen == pytest.approx([0.3, 0.5, 0.7, 0.9, 0.9])

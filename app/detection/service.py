@@ -193,7 +193,11 @@ def score(claimed: Claimed, device: str, progress: Callable[[float], None]) -> d
     if not parents:
         return empty_catalog_result(claimed.child_name)
     method = claimed.request.get("method", AUTO)
-    result = rank_candidates(child, parents, method, device=device).to_dict()
+
+    def scored(done: int, total: int) -> None:  # per candidate, between loading and recording
+        progress(LOADED_PROGRESS + (SCORED_PROGRESS - LOADED_PROGRESS) * done / total)
+
+    result = rank_candidates(child, parents, method, device=device, progress=scored).to_dict()
     result["shortlist"] = {"catalog": claimed.catalog_size, "scored": len(parents)}
     progress(SCORED_PROGRESS)
     return result

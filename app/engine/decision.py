@@ -29,6 +29,7 @@ A trained detector answers "no parent" when its no-parent token wins (``no_paren
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,6 +51,13 @@ from app.engine.methods import (
 from app.engine.model_files import LoadedModel
 from app.engine.probes import DEFAULT_NUM_PROBES, DEFAULT_PROBE_SEED, probe_inputs
 from app.engine.results import CandidateScore, Decision, Ranking, Skipped
+
+# progress(done, total): called as each candidate has been scored (or skipped).
+Progress = Callable[[int, int], None]
+
+
+def _no_progress(_done: int, _total: int) -> None:
+    pass
 
 
 def _sigmoid(x: float) -> float:
@@ -206,6 +214,7 @@ def rank_candidates(
     taylor_alpha: float | None = None,
     calibration: dict | None = None,
     detector_dir: Path | None = None,
+    progress: Progress | None = None,
 ) -> Ranking:
     """Score every candidate parent of ``child`` and decide; candidates best first.
 
@@ -215,14 +224,20 @@ def rank_candidates(
     where the calibration defers to it), a pairwise method by its own score.
     Candidates that share no comparable tensor with the child, or (for a function-space method)
     whose architecture the child does not fit, are listed in ``skipped`` with the reason.
-    Raises ``IncompatibleModels`` when no candidate remains.
+    Raises ``IncompatibleModels`` when no candidate remains. ``progress(done, total)`` is called
+    as each candidate is scored (or skipped).
     """
     if not parents:
         raise InvalidArgument("no candidate parents given")
     if adapters.is_adapter(child):
         adapters.check_adapter_method(method, AUTO)
         return rank_adapter(
-            child, parents, device=device, num_probes=num_probes, probe_seed=probe_seed
+            child,
+            parents,
+            device=device,
+            num_probes=num_probes,
+            probe_seed=probe_seed,
+            progress=progress,
         )
     kind = get_method(method).kind
     if kind is MethodKind.ADAPTER:
@@ -244,6 +259,7 @@ def rank_candidates(
                 num_probes=num_probes,
                 probe_seed=probe_seed,
                 directory=detector_dir,
+                progress=progress,
             )
         except (DetectorError, IncompatibleModels):
             if not combined:
@@ -254,12 +270,14 @@ def rank_candidates(
         components = [method]
     kept: list[tuple[LoadedModel, dict[str, float]]] = []
     skipped: list[Skipped] = []
-    for parent in parents:
+    report = progress or _no_progress
+    for done, parent in enumerate(parents, 1):
         ctx = PairContext(parent, child, device, num_probes, probe_seed, taylor_alpha=taylor_alpha)
         try:
             weightspace.matched_tensors(parent, child)
         except IncompatibleModels as exc:
             skipped.append(Skipped(parent.name, exc.message))
+            report(done, len(parents))
             continue
         scores: dict[str, float] = {}
         for name in components:
@@ -271,6 +289,7 @@ def rank_candidates(
                     break
         else:
             kept.append((parent, scores))
+        report(done, len(parents))
     if not kept:
         reasons = "; ".join(f"{s.parent}: {s.reason}" for s in skipped)
         raise IncompatibleModels(f"no candidate can be compared with {child.name} ({reasons})")
@@ -302,20 +321,23 @@ def rank_with_detector(
     num_probes: int = DEFAULT_NUM_PROBES,
     probe_seed: int = DEFAULT_PROBE_SEED,
     directory: Path | None = None,
+    progress: Progress | None = None,
 ) -> Ranking:
     """Rank candidates with the shipped detector (or ``directory``'s): softmax over candidates
-    and "no parent"; the best is named unless ``no_parent_wins``."""
+    and "no parent"; the best is named unless ``no_parent_wins``. ``progress(done, total)`` as
+    each candidate's inputs are made."""
     kept: list[PairContext] = []
     skipped: list[Skipped] = []
-    for parent in parents:
+    report = progress or _no_progress
+    for done, parent in enumerate(parents, 1):
         ctx = PairContext(parent, child, device, num_probes, probe_seed)
         try:
             weightspace.matched_tensors(parent, child)
             pair_inputs(ctx)
+            kept.append(ctx)
         except IncompatibleModels as exc:
             skipped.append(Skipped(parent.name, exc.message))
-            continue
-        kept.append(ctx)
+        report(done, len(parents))
     if not kept:
         reasons = "; ".join(f"{s.parent}: {s.reason}" for s in skipped)
         raise IncompatibleModels(f"no candidate can be compared with {child.name} ({reasons})")
@@ -346,17 +368,20 @@ def rank_adapter(
     device: torch.device | str = "cpu",
     num_probes: int = DEFAULT_NUM_PROBES,
     probe_seed: int = DEFAULT_PROBE_SEED,
+    progress: Progress | None = None,
 ) -> Ranking:
     """Rank candidate bases of a LoRA adapter by alignment (see ``app.engine.adapters``).
 
     The adapter is merged onto every candidate it fits; the others are skipped with the reason.
     The best is named when its alignment clears ``adapters.THRESHOLD``; confidence is
     sigmoid((best − runner-up) / SCALE), or sigmoid of the shortfall for "no parent".
+    ``progress(done, total)`` as each candidate is tried.
     """
     adapter = adapters.read_adapter(child)
     kept: list[tuple[LoadedModel, float]] = []
     skipped: list[Skipped] = []
-    for parent in parents:
+    report = progress or _no_progress
+    for done, parent in enumerate(parents, 1):
         try:
             network = network_for(parent.config, device)
             base_state, delta = adapters.merged_delta(network, parent, adapter, device)
@@ -364,6 +389,7 @@ def rank_adapter(
             kept.append((parent, adapters.alignment(network, base_state, delta, probes)))
         except (IncompatibleModels, InvalidConfig, ShapeMismatch) as exc:
             skipped.append(Skipped(parent.name, exc.message))
+        report(done, len(parents))
     if not kept:
         reasons = "; ".join(f"{s.parent}: {s.reason}" for s in skipped)
         raise IncompatibleModels(f"the adapter {child.name} fits no candidate ({reasons})")
