@@ -85,13 +85,21 @@ def test_sketch_distances_approximate_the_spectra_and_rank_the_parent_first(fami
     assert shortlist(model_sketch(child), [None, *map(model_sketch, candidates)], 1) == [1, 0]
 
 
-def test_a_job_scores_only_the_shortlist(family, tmp_path):
+def service(tmp_path: Path, shortlist_size: int) -> TestClient:
+    """The embedded service on a fresh SQLite file, scoring ``shortlist_size`` candidates."""
     url = f"sqlite:///{tmp_path / 'lineage.db'}"
     migrate(url)
     settings = Settings(
-        database_url=url, storage_dir=tmp_path / "storage", redis_url=None, shortlist_size=2
+        database_url=url,
+        storage_dir=tmp_path / "storage",
+        redis_url=None,
+        shortlist_size=shortlist_size,
     )
-    with TestClient(create_app(settings, dispatcher_for(settings))) as client:
+    return TestClient(create_app(settings, dispatcher_for(settings)))
+
+
+def test_a_job_scores_only_the_shortlist(family, tmp_path):
+    with service(tmp_path, shortlist_size=2) as client:
         catalog = ["parent-0", "parent-1", "stranger-0", "stranger-1", "stranger-2"]
         for name in catalog:
             response = client.post("/parents", data={"name": name}, files=files_of(family[name]))
@@ -112,12 +120,7 @@ def test_a_job_scores_only_the_shortlist(family, tmp_path):
 
 
 def test_without_a_shortlist_every_model_of_the_architecture_is_scored(family, tmp_path):
-    url = f"sqlite:///{tmp_path / 'lineage.db'}"
-    migrate(url)
-    settings = Settings(
-        database_url=url, storage_dir=tmp_path / "storage", redis_url=None, shortlist_size=0
-    )
-    with TestClient(create_app(settings, dispatcher_for(settings))) as client:
+    with service(tmp_path, shortlist_size=0) as client:
         for name in ("parent-0", "parent-1", "stranger-0"):
             client.post("/parents", data={"name": name}, files=files_of(family[name]))
         response = client.post("/detect", data={"name": "child"}, files=files_of(family["child"]))
