@@ -122,16 +122,8 @@ def sketch_distances(child: Sketch, candidate: Sketch) -> tuple[float, float]:
     """(≈ weight-l2's distance, ≈ weight-spectrum's distance) between ``candidate`` and
     ``child``, over the tensors both have with the same statistics length (same name and shape,
     as ``weightspace.matched_tensors`` pairs them); infinite when they share none."""
-    index = {key: i for i, key in enumerate(candidate.keys)}
-    shared = [(i, index[key]) for i, key in enumerate(child.keys) if key in index]
-    if not shared:
-        return float("inf"), float("inf")
-    mine, theirs = (np.asarray(side) for side in zip(*shared, strict=True))
-    squared = (child.rows[mine].astype(np.float64) - candidate.rows[theirs]) ** 2
-    return (
-        float(np.sqrt(squared[:, :SKETCH_DIM].sum())),
-        float(np.sqrt(squared[:, SKETCH_DIM:].sum())),
-    )
+    by_weights, by_spectra = _distances_to_all(child, [candidate])[0]
+    return float(by_weights), float(by_spectra)
 
 
 def sketch_distance(child: Sketch, candidate: Sketch) -> float:
@@ -140,8 +132,8 @@ def sketch_distance(child: Sketch, candidate: Sketch) -> float:
 
 
 def _distances_to_all(child: Sketch, candidates: list[Sketch]) -> np.ndarray:
-    """``sketch_distances`` of every candidate, (N, 2), computed once per distinct tensor layout
-    (catalog models of one architecture share theirs) as one vectorised difference."""
+    """``sketch_distances`` of every candidate, (N, 2), computed a distinct tensor layout at a
+    time (catalog models of one architecture share theirs) as one vectorised difference."""
     result = np.full((len(candidates), 2), np.inf)
     layouts: dict[str, list[int]] = {}
     for i, candidate in enumerate(candidates):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
@@ -28,14 +26,6 @@ class ModelRepository:
     def by_id(self, model_id: int) -> Model | None:
         """The model with this id, if any."""
         return self.session.get(Model, model_id)
-
-    def names_of(self, ids: Iterable[int]) -> dict[int, str]:
-        """Names by id of the models among ``ids`` that exist."""
-        ids = list(set(ids))
-        if not ids:
-            return {}
-        rows = self.session.execute(select(Model.id, Model.name).where(Model.id.in_(ids)))
-        return dict(rows.tuples().all())
 
     def name_is_taken(self, name: str) -> bool:
         """Whether some model carries ``name``."""

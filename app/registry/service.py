@@ -171,11 +171,6 @@ def get_by_id(session: Session, model_id: int | None) -> Model | None:
     return ModelRepository(session).by_id(model_id) if model_id is not None else None
 
 
-def names_of(session: Session, ids) -> dict[int, str]:
-    """Names by id of the models among ``ids`` that exist."""
-    return ModelRepository(session).names_of(ids)
-
-
 def promote(session: Session, model_id: int) -> None:
     """Make the model a catalog parent that new children are scored against."""
     model = ModelRepository(session).by_id(model_id)
