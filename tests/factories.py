@@ -5,6 +5,14 @@ from __future__ import annotations
 import torch
 
 TINY_MLP_CONFIG = {"model_type": "lineage-mlp", "sizes": [4, 8, 3], "activation": "relu"}
+# A small ResNet whose tensors share no name and shape with the tiny MLP's.
+TINY_CNN_CONFIG = {
+    "model_type": "lineage-cnn",
+    "in_channels": 1,
+    "image_size": 8,
+    "channels": [4, 8],
+    "num_classes": 3,
+}
 TINY_MLP_SHAPES = {
     "layers.0.weight": (8, 4),
     "layers.0.bias": (8,),

@@ -26,15 +26,9 @@ from app.engine.linearize import (
 from app.engine.methods import METHODS, PAIRWISE_KINDS, MethodKind, PairContext, method_names
 from app.engine.metrics import SIMILARITIES, SIMILARITY_GRADIENTS, l1_similarity, l2_similarity
 from app.engine.model_files import load_model, save_model
+from tests.factories import TINY_CNN_CONFIG as CNN_CONFIG
 
 MLP_CONFIG = {"model_type": "lineage-mlp", "sizes": [6, 5, 4], "activation": "tanh"}
-CNN_CONFIG = {
-    "model_type": "lineage-cnn",
-    "in_channels": 1,
-    "image_size": 8,
-    "channels": [4, 8],
-    "num_classes": 3,
-}
 CONFIGS = {"mlp": MLP_CONFIG, "cnn": CNN_CONFIG}
 NUM_INPUTS = 5
 # The two ways the engine computes the Taylor terms: one VJP per similarity, or one JVP for all.
