@@ -24,17 +24,9 @@ from app.engine.model_files import save_model
 from app.engine.training import initial_state
 from app.registry import service as registry
 from scripts.job_cost import HeldJobs
+from tests.factories import TINY_CNN_CONFIG as CNN_CONFIG
 from tests.factories import TINY_MLP_CONFIG, tiny_mlp_state
 from worker.in_process import InProcessDispatcher
-
-# Another architecture: the tiny MLP's tensors share no name and shape with it.
-CNN_CONFIG = {
-    "model_type": "lineage-cnn",
-    "in_channels": 1,
-    "image_size": 8,
-    "channels": [4, 8],
-    "num_classes": 3,
-}
 
 
 def files_of(folder: Path) -> list:
@@ -67,7 +59,11 @@ def stored_folder(client: TestClient, name: str) -> Path:
     return client.app.state.settings.storage_dir / "models" / sha
 
 
-def test_registration_stores_the_statistics_a_job_would_compute(client, tmp_path):
+def no_eigensolver(*_args, **_kwargs):
+    raise AssertionError("statistics recomputed")
+
+
+def test_registration_stores_the_statistics_a_job_would_compute(client, tmp_path, monkeypatch):
     source = save_model(tmp_path / "p", tiny_mlp_state(0), TINY_MLP_CONFIG)
     assert client.post("/parents", data={"name": "p"}, files=files_of(source)).status_code == 201
     folder = stored_folder(client, "p")
@@ -78,6 +74,11 @@ def test_registration_stores_the_statistics_a_job_would_compute(client, tmp_path
     assert set(stored) == set(fresh.weights.infos)
     for name in stored:
         torch.testing.assert_close(stored[name], weightspace.invariant_statistics(fresh, name))
+    # The same weights again are not summarised again: they keep the statistics stored first.
+    with monkeypatch.context() as patch:
+        patch.setattr(weightspace.np.linalg, "eigvalsh", no_eigensolver)
+        again = client.post("/parents", data={"name": "p"}, files=files_of(source))
+    assert again.status_code == 200, again.text
     # Statistics of other weights, or of another version of the computation, are not used.
     assert weightspace.load_statistics(open_model(source, "p"), folder)  # the same weights
     other = save_model(tmp_path / "q", tiny_mlp_state(1), TINY_MLP_CONFIG)
@@ -104,9 +105,6 @@ def test_a_job_reuses_the_stored_statistics(tmp_path, monkeypatch):
         detection.submit(
             session, settings, held, upload(child, files), name="child", method="weight-spectrum"
         )
-
-    def no_eigensolver(*_args, **_kwargs):
-        raise AssertionError("statistics recomputed")
 
     monkeypatch.setattr(weightspace.np.linalg, "eigvalsh", no_eigensolver)
     detection.run_job(factory, held.jobs[0])
@@ -197,4 +195,4 @@ def test_progress_is_reported_per_candidate(tmp_path):
     seen = []
     detection.score(claimed, "cpu", seen.append)
     engine.dispose()
-    assert seen == pytest.approx([0.3, 0.5, 0.7, 0.9, 0.9])
+    assert seen == pytest.approx([0.3, 0.5, 0.7, 0.9])  # each step once, forward only

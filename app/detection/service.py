@@ -193,13 +193,19 @@ def score(claimed: Claimed, device: str, progress: Callable[[float], None]) -> d
     if not parents:
         return empty_catalog_result(claimed.child_name)
     method = claimed.request.get("method", AUTO)
+    reached = LOADED_PROGRESS
 
-    def scored(done: int, total: int) -> None:  # per candidate, between loading and recording
-        progress(LOADED_PROGRESS + (SCORED_PROGRESS - LOADED_PROGRESS) * done / total)
+    def scored(done: int, total: int) -> None:
+        # Per candidate, between loading and recording; only forward: auto may fall back from
+        # the detector to its own components and go over the candidates a second time.
+        nonlocal reached
+        value = LOADED_PROGRESS + (SCORED_PROGRESS - LOADED_PROGRESS) * done / total
+        if value > reached:
+            reached = value
+            progress(value)
 
     result = rank_candidates(child, parents, method, device=device, progress=scored).to_dict()
     result["shortlist"] = {"catalog": claimed.catalog_size, "scored": len(parents)}
-    progress(SCORED_PROGRESS)
     return result
 
 

@@ -92,15 +92,17 @@ def commit_staged(
     Returns (final folder, model opened from it, whether this call stored it: False when the same
     weights were already there). Validation errors remove the staging folder. The statistics
     (``weightspace.save_statistics``) travel with the files in the same rename, so every stored
-    model has them and no job recomputes them; the model returned is opened trusted.
+    model has them and no job recomputes them; weights already stored with theirs are not
+    summarised again. The model returned is opened trusted.
     """
     try:
         model = open_model(staging, staging.name, max_bytes=max_bytes)
-        save_statistics(model, staging)
+        final = storage_dir / "models" / model.sha256
+        if not (final / STATISTICS_FILE).is_file():  # weights stored already keep theirs
+            save_statistics(model, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    final = storage_dir / "models" / model.sha256
     final.parent.mkdir(parents=True, exist_ok=True)
     fresh = True
     try:
