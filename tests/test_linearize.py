@@ -385,7 +385,10 @@ def test_taylor_scores_are_the_same_by_either_path(tmp_path, arch):
             assert base == terms[similarity][0], name
             assert correction == pytest.approx(terms[similarity][1], rel=1e-5), name
             score = METHODS[name].score(alone)
-            assert score == pytest.approx(METHODS[name].score(batched), rel=1e-5), name
+            # relative to the terms' size: base and α·correction may nearly cancel, and float32
+            # kernels round differently from one CPU to another
+            scale = abs(base) + abs(score - base)
+            assert score == pytest.approx(METHODS[name].score(batched), abs=1e-5 * scale), name
 
 
 def test_the_benchmark_gets_all_taylor_terms_from_one_jvp(tmp_path, monkeypatch):

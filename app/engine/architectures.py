@@ -222,6 +222,69 @@ def build_network(config: dict | None, device: torch.device | str = "cpu") -> Ne
     return network
 
 
+# Function-space methods on a ``transformers`` model of more parameters than this work on a
+# sub-network (``function_subnetwork``): 400 M float32 parameters are 1.6 GB per state, and a pair
+# holds two states, a tangent and the activations of the probes.
+FUNCTION_SPACE_MAX_PARAMETERS = 400_000_000
+# Where configs give their number of blocks.
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+
+
+@dataclass(frozen=True)
+class Subnetwork:
+    """The part of a model that function-space methods used: its embeddings, its first
+    ``blocks`` of ``of`` blocks and what follows the last block (final norm), as a model whose
+    config says ``blocks`` layers would hold them."""
+
+    blocks: int
+    of: int
+    parameters: int
+
+    def to_dict(self) -> dict:
+        return {"blocks": self.blocks, "of": self.of, "parameters": self.parameters}
+
+
+def _parameters_on_meta(config: dict) -> int:
+    with torch.device("meta"):
+        network = build_network(config, "meta")
+    return sum(p.numel() for p in network.module.parameters())
+
+
+def function_subnetwork(
+    config: dict | None, num_parameters: int, max_parameters: int | None = None
+) -> tuple[dict | None, Subnetwork | None]:
+    """The config function-space methods build for a model of ``num_parameters``, and the
+    ``Subnetwork`` it stands for (None: the whole model).
+
+    A model within ``max_parameters`` (default ``FUNCTION_SPACE_MAX_PARAMETERS``), or one whose
+    config has no number of blocks (``LAYER_KEYS``), is built whole. A larger one is built with
+    its first N blocks, N as many as fit the budget (at least one): the per-block and the fixed
+    parameters are counted on networks of one and two blocks built on the ``meta`` device
+    (nothing allocated). Parent and child are compared on the same sub-network, so its output
+    f(x), the last kept block's hidden state, serves as the whole model's would.
+    """
+    budget = FUNCTION_SPACE_MAX_PARAMETERS if max_parameters is None else max_parameters
+    if not config or num_parameters <= budget:
+        return config, None
+    key = next(
+        (k for k in LAYER_KEYS if type(config.get(k)) is int and config[k] > 1),  # noqa: E721
+        None,
+    )
+    if key is None:
+        return config, None
+    layers = config[key]
+    try:
+        one = _parameters_on_meta({**config, key: 1})
+        per_block = _parameters_on_meta({**config, key: 2}) - one
+    except Exception:  # not buildable on meta: built whole, as before
+        return config, None
+    fixed = one - per_block
+    blocks = max(1, min(layers, (budget - fixed) // max(per_block, 1)))
+    if blocks >= layers:
+        return config, None
+    return {**config, key: blocks}, Subnetwork(blocks, layers, fixed + blocks * per_block)
+
+
 def _state_plan(
     network: Network, model: LoadedModel, strict_head: bool
 ) -> tuple[dict[str, str | None], bool]:
@@ -267,22 +330,32 @@ def _state_plan(
 
 
 def model_state(
-    network: Network, model: LoadedModel, device: torch.device | str = "cpu", *, strict_head=True
+    network: Network,
+    model: LoadedModel,
+    device: torch.device | str = "cpu",
+    *,
+    strict_head=True,
+    keep: bool = True,
 ) -> tuple[dict[str, torch.Tensor], bool]:
     """The network's state (parameters and buffers, float32) filled from a model's weights.
 
     Returns (state, head_fits). Tensors of the head whose shape differs are replaced by the
     network's own and ``head_fits`` is False: f(x) must then be the features before the head.
-    Any other missing or misshapen tensor raises ``ShapeMismatch`` naming it.
+    Any other missing or misshapen tensor raises ``ShapeMismatch`` naming it. With ``keep``
+    the model keeps its float32 copy (``float_tensors``) for the next state; without, the state
+    is read tensor by tensor and is the only copy, freed with it (a job's candidates, each
+    needed once).
     """
     plan, head_fits = _state_plan(network, model, strict_head)
-    floats = model.float_tensors()
+    floats = model.float_tensors() if keep else (model.cached_float_tensors() or {})
     state: dict[str, torch.Tensor] = {}
     for name, file_name in plan.items():
         if file_name is None:
             state[name] = network._init_state[name]
         elif file_name in floats:
             state[name] = floats[file_name].to(device)
+        elif model.weights.infos[file_name].is_float:
+            state[name] = model.weights[file_name].to(device, torch.float32)
         else:  # an integer buffer such as num_batches_tracked or position ids
             state[name] = model.weights[file_name].to(device)
     return state, head_fits
@@ -310,8 +383,9 @@ def validate_architecture(model: LoadedModel) -> None:
 def pair_states(
     network: Network, parent: LoadedModel, child: LoadedModel, device: torch.device | str = "cpu"
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], bool]:
-    """Parent and child states in the parent's network, and whether f may include the head."""
-    parent_state, parent_head = model_state(network, parent, device)
+    """Parent and child states in the parent's network, and whether f may include the head.
+    The child keeps its float32 copy (it is compared with every candidate), the parent not."""
+    parent_state, parent_head = model_state(network, parent, device, keep=False)
     try:
         child_state, child_head = model_state(network, child, device, strict_head=False)
     except ShapeMismatch as exc:

@@ -44,6 +44,7 @@ from app.engine.methods import (
     MethodKind,
     PairContext,
     as_distance,
+    batch_parent_outputs,
     get_method,
     neg_log_distance,
     network_for,
@@ -215,6 +216,7 @@ def rank_candidates(
     calibration: dict | None = None,
     detector_dir: Path | None = None,
     progress: Progress | None = None,
+    batched: bool = True,
 ) -> Ranking:
     """Score every candidate parent of ``child`` and decide; candidates best first.
 
@@ -225,7 +227,11 @@ def rank_candidates(
     Candidates that share no comparable tensor with the child, or (for a function-space method)
     whose architecture the child does not fit, are listed in ``skipped`` with the reason.
     Raises ``IncompatibleModels`` when no candidate remains. ``progress(done, total)`` is called
-    as each candidate is scored (or skipped).
+    as each candidate is scored (or skipped). ``batched``: weight-space evidence of all the
+    candidates in one pass over the child's tensors (``weightspace.weight_evidence``) and their
+    outputs on the probes in vectorised forward passes (``methods.batch_parent_outputs``);
+    without, one pass per candidate (the same scores; kept to measure and test the batched path
+    against).
     """
     if not parents:
         raise InvalidArgument("no candidate parents given")
@@ -270,15 +276,33 @@ def rank_candidates(
         components = [method]
     kept: list[tuple[LoadedModel, dict[str, float]]] = []
     skipped: list[Skipped] = []
-    report = progress or _no_progress
-    for done, parent in enumerate(parents, 1):
-        ctx = PairContext(parent, child, device, num_probes, probe_seed, taylor_alpha=taylor_alpha)
+    comparable: list[LoadedModel] = []
+    for parent in parents:
         try:
             weightspace.matched_tensors(parent, child)
+            comparable.append(parent)
         except IncompatibleModels as exc:
             skipped.append(Skipped(parent.name, exc.message))
-            report(done, len(parents))
-            continue
+    outward = None
+    wants_outward = combined and DIRECTION in calibration["auto"]["noise"] and len(comparable) > 2
+    weight_based = combined or get_method(method).kind is MethodKind.WEIGHT
+    if batched and weight_based and comparable:
+        # One pass over the child's tensors against every candidate's (see weight_evidence).
+        outward = weightspace.cache_weight_evidence(
+            comparable, child, device, outward=wants_outward
+        )
+    subnetwork = None  # the sub-network function-space components ran on, if not the whole
+    contexts = [
+        PairContext(parent, child, device, num_probes, probe_seed, taylor_alpha=taylor_alpha)
+        for parent in comparable
+    ]
+    if batched and any(get_method(m).kind is MethodKind.DIRECT for m in components):
+        batch_parent_outputs(contexts)  # f_p of every candidate in vectorised passes
+    report = progress or _no_progress
+    if skipped:
+        report(len(skipped), len(parents))
+    for done, ctx in enumerate(contexts, len(skipped) + 1):
+        parent = ctx.parent
         scores: dict[str, float] = {}
         for name in components:
             try:
@@ -289,17 +313,18 @@ def rank_candidates(
                     break
         else:
             kept.append((parent, scores))
+        subnetwork = subnetwork or ctx.subnetwork
         report(done, len(parents))
     if not kept:
         reasons = "; ".join(f"{s.parent}: {s.reason}" for s in skipped)
         raise IncompatibleModels(f"no candidate can be compared with {child.name} ({reasons})")
     relative = None  # with one candidate, auto's margin is its relative weight distance
     if combined:
-        nearest = min(weightspace.relative_l2_distance(p, child) for p, _ in kept)
+        nearest = min(weightspace.pair_weights(p, child, device).relative for p, _ in kept)
         relative = nearest if len(kept) == 1 else None
-        outward = None
-        if DIRECTION in calibration["auto"]["noise"] and len(kept) > 2:
-            outward = weightspace.outward_log_ratios([p for p, _ in kept], child)
+        # (auto keeps every comparable candidate: a component it cannot compute is left out)
+        if outward is None and wants_outward:  # one by one: its own pass
+            outward = weightspace.outward_log_ratios(comparable, child)
         combined = combine_auto([s for _, s in kept], nearest, calibration, outward)
     else:
         combined = [s[components[0]] for _, s in kept]
@@ -309,7 +334,8 @@ def rank_candidates(
         CandidateScore(p.name, score, scores)
         for (p, scores), score in sorted(zip(kept, combined, strict=True), key=lambda t: -t[1])
     ]
-    return Ranking(child.name, decision, candidates, skipped)
+    used = subnetwork.to_dict() if subnetwork is not None else None
+    return Ranking(child.name, decision, candidates, skipped, used)
 
 
 def rank_with_detector(

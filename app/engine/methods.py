@@ -31,7 +31,13 @@ from functools import cached_property, lru_cache
 import torch
 
 from app.engine import adapters, weightspace
-from app.engine.architectures import Network, build_network, pair_states
+from app.engine.architectures import (
+    Network,
+    Subnetwork,
+    build_network,
+    function_subnetwork,
+    pair_states,
+)
 from app.engine.calibration import taylor_alpha
 from app.engine.errors import IncompatibleModels, InvalidConfig, UnknownMethod
 from app.engine.linearize import jacobian_delta, parameter_delta, taylor_term, taylor_terms
@@ -69,13 +75,30 @@ class PairContext:
     )
 
     @cached_property
+    def function_config(self) -> tuple[dict | None, Subnetwork | None]:
+        """The config the function-space methods build, and the sub-network it stands for
+        (None: the whole model; see ``architectures.function_subnetwork``)."""
+        return function_subnetwork(self.parent.config, self.parent.num_parameters)
+
+    @property
+    def subnetwork(self) -> Subnetwork | None:
+        """The sub-network function-space methods used, when they ran on one."""
+        return self.function_config[1] if "network" in self.__dict__ else None
+
+    @cached_property
     def network(self) -> Network:
         try:
-            return network_for(self.parent.config, self.device)
+            return network_for(self.function_config[0], self.device)
         except InvalidConfig as exc:
             raise IncompatibleModels(
                 f"{self.parent.name}: function-space methods need its architecture ({exc.message})"
             ) from None
+
+    @cached_property
+    def weights(self) -> weightspace.PairWeights:
+        """The pair's weight-space evidence (``weightspace.pair_weights``; a ranking of many
+        candidates computes every candidate's in one batched pass and leaves it in the cache)."""
+        return weightspace.pair_weights(self.parent, self.child, self.device)
 
     @cached_property
     def states(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], bool]:
@@ -84,7 +107,19 @@ class PairContext:
 
     @cached_property
     def probes(self) -> torch.Tensor:
-        return probe_inputs(self.network, self.num_probes, self.probe_seed, self.device)
+        """The probes of the pair's network; kept on the child, made once per architecture."""
+        key = (
+            "probes",
+            json.dumps(self.network.config, sort_keys=True),
+            self.num_probes,
+            self.probe_seed,
+            str(self.device),
+        )
+        if key not in self.child.cache:
+            self.child.cache[key] = probe_inputs(
+                self.network, self.num_probes, self.probe_seed, self.device
+            )
+        return self.child.cache[key]
 
     @cached_property
     def delta(self) -> dict[str, torch.Tensor]:
@@ -98,7 +133,7 @@ class PairContext:
         _, child_state, use_head = self.states
         key = (
             "output",
-            json.dumps(self.parent.config, sort_keys=True),
+            json.dumps(self.network.config, sort_keys=True),
             use_head,
             self.num_probes,
             self.probe_seed,
@@ -163,6 +198,63 @@ class PairContext:
         base, correction = self.taylor_term(similarity)
         alpha = self.taylor_alpha if self.taylor_alpha is not None else taylor_alpha(similarity)
         return base + alpha * correction
+
+
+# Float32 bytes of stacked parent states one vectorised forward pass may hold (see
+# ``batch_parent_outputs``): 1 GB, two BERT-base models, or thousands of the small families'.
+FUNCTION_BATCH_BYTES = 1 << 30
+
+
+def batch_parent_outputs(contexts: list[PairContext], max_bytes: int = FUNCTION_BATCH_BYTES) -> int:
+    """Batched scoring in function space: f_p on the probes for many candidates of one child in
+    vectorised forward passes (``torch.func.vmap`` over their stacked states), left in each
+    context's ``parent_output``, instead of one pass per candidate.
+
+    Contexts are grouped by network and head use; a group is split into chunks whose stacked
+    states fit ``max_bytes``. A context whose states cannot be built is left alone (scoring it
+    raises what it raises one by one); a module that cannot be vmapped is run one context at a
+    time, with the same result. Returns the number of contexts filled by vectorised passes.
+    """
+    groups: dict[tuple[int, bool], list[PairContext]] = {}
+    for ctx in contexts:
+        try:
+            key = (id(ctx.network), ctx.states[2])
+        except (IncompatibleModels, InvalidConfig):
+            continue
+        ctx.child_output  # noqa: B018 (computed once per child, before the states are dropped)
+        groups.setdefault(key, []).append(ctx)
+        del ctx.__dict__["states"]  # built again chunk by chunk below
+    filled = 0
+    for (_, use_head), members in groups.items():
+        network = members[0].network
+        size = sum(t.numel() * 4 for t in network._init_state.values())
+        step = max(1, max_bytes // max(size, 1))
+        for begin in range(0, len(members), step):
+            chunk = members[begin : begin + step]
+            states = [ctx.states[0] for ctx in chunk]
+            probes = chunk[0].probes
+            outputs = None
+            if len(chunk) > 1:
+                stacked = {name: torch.stack([s[name] for s in states]) for name in states[0]}
+                try:
+                    with torch.no_grad():
+                        outputs = torch.func.vmap(
+                            lambda state, network=network, x=probes, head=use_head: network.output(
+                                state, x, head
+                            )
+                        )(stacked)
+                except Exception:  # an op without a batching rule: one by one
+                    outputs = None
+                del stacked
+            for i, ctx in enumerate(chunk):
+                if outputs is not None:
+                    ctx.__dict__["parent_output"] = outputs[i]
+                else:
+                    ctx.parent_output  # noqa: B018
+                del ctx.__dict__["states"]
+                filled += outputs is not None
+            del states
+    return filled
 
 
 class MethodKind(StrEnum):
@@ -283,7 +375,7 @@ def _build_registry() -> dict[str, Method]:
             "weight-l2",
             MethodKind.WEIGHT,
             "−‖θ_c − θ_p‖₂ over tensors of equal name and shape",
-            lambda ctx: -weightspace.l2_distance(ctx.parent, ctx.child),
+            lambda ctx: -ctx.weights.l2,
             True,
         )
     )
@@ -292,7 +384,7 @@ def _build_registry() -> dict[str, Method]:
             "weight-cos",
             MethodKind.WEIGHT,
             "mean per-tensor cosine of θ_c and θ_p",
-            lambda ctx: weightspace.mean_cosine(ctx.parent, ctx.child),
+            lambda ctx: ctx.weights.cosine,
             False,
         )
     )

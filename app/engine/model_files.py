@@ -2,11 +2,15 @@
 
 A model is a folder (``model.safetensors`` or shards with ``model.safetensors.index.json``, plus
 ``config.json``) or a single ``.safetensors`` file whose header ``__metadata__["config"]`` holds the
-config as JSON. Weights are read only from safetensors, lazily and memory-mapped (``safe_open``);
-pickle formats are refused by name and never opened.
+config as JSON. Weights are read only from safetensors, lazily; pickle formats are refused by
+name and never opened.
 
-Every header is checked before ``safe_open`` sees it, so that a bad file gets an error that says
-what is wrong (absurd header length, truncated data, unknown dtype) rather than a library traceback.
+Every header is checked as ``safe_open`` would (lengths, dtypes, shapes, byte ranges that tile the
+data section), so that a bad file gets an error that says what is wrong (absurd header length,
+truncated data, unknown dtype) rather than a library traceback. Tensors are then read with
+positioned reads (``os.preadv``) of their byte range, whole or a block of elements at a time
+(``LazyWeights.read_block``): a caller holds only the tensors or blocks it asked for, and no
+memory-mapped page of a multi-gigabyte file is counted against the process.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +26,6 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from app.engine.errors import (
     CorruptHeader,
@@ -61,6 +65,23 @@ DTYPE_SIZES = {
     "BOOL": 1,
 }
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+TORCH_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U64": torch.uint64,
+    "U32": torch.uint32,
+    "U16": torch.uint16,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 @dataclass(frozen=True)
@@ -70,10 +91,16 @@ class TensorInfo:
     file: Path
     dtype: str
     shape: tuple[int, ...]
+    # Where the tensor's bytes start in ``file`` (header included).
+    offset: int = 0
 
     @property
     def is_float(self) -> bool:
         return self.dtype in FLOAT_DTYPES
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
 
 
 def refuse_pickle(path: Path) -> None:
@@ -121,7 +148,7 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
     tensors: dict[str, TensorInfo] = {}
     spans = []
     for name, entry in header.items():
-        tensors[name] = _check_entry(path, name, entry, data_len)
+        tensors[name] = _check_entry(path, name, entry, data_len, 8 + header_len)
         spans.append((tuple(entry["data_offsets"]), name))
     # Like safe_open: the byte ranges must tile the data section, no overlap, gap or leftover.
     end = 0
@@ -144,7 +171,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_entry(path: Path, name: str, entry: object, data_len: int) -> TensorInfo:
+def _check_entry(path: Path, name: str, entry: object, data_len: int, start: int) -> TensorInfo:
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
         raise CorruptHeader(f"{path.name}: entry {name!r} lacks dtype, shape or data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
@@ -170,31 +197,48 @@ def _check_entry(path: Path, name: str, entry: object, data_len: int) -> TensorI
             f"{path.name}: tensor {name!r} ends at byte {offsets[1]} of the data section "
             f"but the file holds only {data_len}; the file is truncated"
         )
-    return TensorInfo(file=path, dtype=dtype, shape=tuple(shape))
+    return TensorInfo(file=path, dtype=dtype, shape=tuple(shape), offset=start + offsets[0])
 
 
 class LazyWeights(Mapping[str, torch.Tensor]):
     """A read-only mapping name → tensor over one or more safetensors files.
 
-    Tensors are read on access through ``safe_open`` (memory-mapped), so opening a model costs only
-    its headers. Values come back in their stored dtype on the CPU.
+    Tensors are read on access, each with a positioned read of its own bytes, so opening a model
+    costs only its headers, and a block of a tensor (``read_block``) costs only that block.
+    Values come back in their stored dtype on the CPU, each a fresh tensor the caller owns.
     """
 
     def __init__(self, infos: dict[str, TensorInfo]):
         self.infos = infos
-        self._handles: dict[Path, object] = {}
+        self._files: dict[Path, object] = {}
 
-    def _handle(self, file: Path):
-        if file not in self._handles:
+    def _fileno(self, file: Path) -> int:
+        if file not in self._files:
             try:
-                self._handles[file] = safe_open(str(file), framework="pt", device="cpu")
-            except SafetensorError as exc:
-                raise CorruptHeader(f"{file.name}: {exc}") from None
-        return self._handles[file]
+                self._files[file] = file.open("rb", buffering=0)
+            except OSError as exc:
+                raise NoWeights(f"{file.name}: cannot be read ({exc.strerror or exc})") from None
+        return self._files[file].fileno()
+
+    def read_block(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Elements ``start:stop`` of tensor ``name`` flattened (row-major), stored dtype."""
+        info = self.infos[name]
+        size = DTYPE_SIZES[info.dtype]
+        buffer = bytearray((stop - start) * size)
+        if not buffer:
+            return torch.empty(0, dtype=TORCH_DTYPES[info.dtype])
+        view, position = memoryview(buffer), info.offset + start * size
+        fd = self._fileno(info.file)
+        while view:
+            got = os.preadv(fd, [view], position)
+            if got == 0:
+                raise TruncatedFile(f"{info.file.name}: tensor {name!r} ends past the file's end")
+            view, position = view[got:], position + got
+        return torch.frombuffer(buffer, dtype=TORCH_DTYPES[info.dtype])
 
     def __getitem__(self, name: str) -> torch.Tensor:
         info = self.infos[name]
-        return self._handle(info.file).get_tensor(name)
+        return self.read_block(name, 0, info.numel).reshape(info.shape)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.infos)

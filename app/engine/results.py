@@ -42,12 +42,15 @@ class Decision:
 
 @dataclass
 class Ranking:
-    """A child's decision and its candidates, best first, plus those skipped."""
+    """A child's decision and its candidates, best first, plus those skipped; ``subnetwork``:
+    the part of the models that function-space methods used, when not the whole model
+    (``{"blocks": N, "of": L, "parameters": P}``: the embeddings and first N of L blocks)."""
 
     child: str
     decision: Decision
     candidates: list[CandidateScore]
     skipped: list[Skipped] = field(default_factory=list)
+    subnetwork: dict | None = None
 
     def to_dict(self) -> dict:
         """The public JSON shape of ``lineage detect --json`` (see shared/design.md)."""

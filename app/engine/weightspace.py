@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,25 +61,147 @@ def matched_tensors(parent: LoadedModel, child: LoadedModel) -> list[tuple[str, 
     return pairs
 
 
-def _pairs_of_tensors(parent: LoadedModel, child: LoadedModel):
-    p_floats, c_floats = parent.float_tensors(), child.float_tensors()
-    for p_name, c_name in matched_tensors(parent, child):
-        yield p_name, p_floats[p_name], c_floats[c_name]
+# Elements (float32) that the blocks of one streaming step may hold together: the child's block
+# and one block per candidate (64 MB). With the arithmetic's temporaries, weight-space scoring of
+# any number of candidates of any size holds about three times this, whatever the largest tensor.
+BLOCK_BUDGET = 1 << 24
+MIN_BLOCK = 1 << 12
+
+
+@dataclass(frozen=True)
+class PairWeights:
+    """One candidate's weight-space evidence against the child, over their matched tensors."""
+
+    l2: float  # ‖θ_c − θ_p‖₂
+    cosine: float  # mean over matched tensors of cos(θ_c^t, θ_p^t)
+    parent_norm: float  # ‖θ_p‖₂ over the same tensors
+
+    @property
+    def relative(self) -> float:
+        """‖θ_c − θ_p‖ / ‖θ_p‖."""
+        return self.l2 / max(self.parent_norm, 1e-30)
+
+
+def weight_evidence(
+    candidates: list[LoadedModel],
+    child: LoadedModel,
+    device: torch.device | str = "cpu",
+    *,
+    outward: bool = False,
+    block_budget: int = BLOCK_BUDGET,
+) -> tuple[list[PairWeights], list[float] | None]:
+    """Every candidate's ``PairWeights`` against ``child``, in one streaming pass over the child's
+    tensors; with ``outward``, also ``outward_log_ratios`` (else None).
+
+    For each of the child's tensors, the same block of elements is read from the child once and
+    from every candidate that has the tensor (``matched_tensors``), stacked, and compared in one
+    vectorised step on ``device``. Nothing else is held: memory is bounded by ``block_budget``
+    float32 elements (and the arithmetic's temporaries), not by the models' or the largest
+    tensor's size. Sums are float32 within a block and float64 across blocks. One candidate
+    alone is the one-by-one path; it computes the same sums in the same order.
+    """
+    matches = [{c: p for p, c in matched_tensors(k, child)} for k in candidates]
+    count = len(candidates)
+    squared = torch.zeros(count, dtype=torch.float64)
+    parent_squared = torch.zeros(count, dtype=torch.float64)
+    cosines = torch.zeros(count, dtype=torch.float64)
+    tensors = torch.zeros(count, dtype=torch.float64)
+    spread = torch.zeros(count, dtype=torch.float64)  # Σ ‖θ_k − θ̄‖² over shared tensors
+    child_spread = 0.0
+    for name, info in child.weights.infos.items():
+        members = [i for i, m in enumerate(matches) if name in m]
+        if not members:
+            continue
+        shared = outward and len(members) == count
+        step = max(block_budget // (len(members) + 1), MIN_BLOCK)
+        dot = torch.zeros(len(members), dtype=torch.float64)
+        p_sq = torch.zeros(len(members), dtype=torch.float64)
+        c_sq = 0.0
+        d_sq = torch.zeros(len(members), dtype=torch.float64)
+        block = torch.empty((len(members), min(step, info.numel)), dtype=torch.float32)
+        for begin in range(0, info.numel, step):
+            end = min(begin + step, info.numel)
+            width = end - begin
+            for row, i in enumerate(members):
+                block[row, :width].copy_(
+                    candidates[i].weights.read_block(matches[i][name], begin, end)
+                )
+            stacked = block[:, :width].to(device)
+            mine = child.weights.read_block(name, begin, end).to(device, torch.float32)
+            diff = stacked - mine
+            d_sq += diff.pow(2).sum(1).double().cpu()
+            dot += (stacked @ mine).double().cpu()
+            p_sq += stacked.pow(2).sum(1).double().cpu()
+            c_sq += float(mine.pow(2).sum())
+            if shared:
+                centre = stacked.mean(0)
+                spread += (stacked - centre).pow(2).sum(1).double().cpu()
+                child_spread += float((mine - centre).pow(2).sum())
+        index = torch.tensor(members)
+        squared[index] += d_sq
+        parent_squared[index] += p_sq
+        # cos as torch's cosine_similarity computes it: norms floored at 1e-8
+        norms = p_sq.sqrt().clamp_min(1e-8) * max(c_sq**0.5, 1e-8)
+        cosines[index] += dot / norms
+        tensors[index] += 1
+    evidence = [
+        PairWeights(
+            float(squared[i].sqrt()),
+            float(cosines[i] / tensors[i]),
+            float(parent_squared[i].sqrt()),
+        )
+        for i in range(count)
+    ]
+    ratios = None
+    if outward:
+        floor = 1e-30
+        ratios = [
+            0.5 * (np.log(max(float(s), floor)) - np.log(max(child_spread, floor))) for s in spread
+        ]
+    return evidence, ratios
+
+
+def _pair_key(parent: LoadedModel) -> tuple[str, str]:
+    return (parent.name, parent.sha256)
+
+
+def pair_weights(
+    parent: LoadedModel, child: LoadedModel, device: torch.device | str = "cpu"
+) -> PairWeights:
+    """``PairWeights`` of one (parent, child) pair, kept in the child's cache per parent (where
+    ``cache_weight_evidence`` may have put it already)."""
+    cache = child.cache.setdefault("pair_weights", {})
+    key = _pair_key(parent)
+    if key not in cache:
+        cache[key] = weight_evidence([parent], child, device)[0][0]
+    return cache[key]
+
+
+def cache_weight_evidence(
+    candidates: list[LoadedModel],
+    child: LoadedModel,
+    device: torch.device | str = "cpu",
+    *,
+    outward: bool = False,
+) -> list[float] | None:
+    """Batched scoring: every candidate's ``PairWeights`` in one pass (``weight_evidence``),
+    left in the child's cache where ``pair_weights`` finds them; returns the outward ratios
+    (with ``outward``)."""
+    evidence, ratios = weight_evidence(candidates, child, device, outward=outward)
+    cache = child.cache.setdefault("pair_weights", {})
+    for candidate, pair in zip(candidates, evidence, strict=True):
+        cache[_pair_key(candidate)] = pair
+    return ratios
 
 
 def l2_distance(parent: LoadedModel, child: LoadedModel) -> float:
     """‖θ_c − θ_p‖₂ over the matched tensors."""
-    total = sum(float((c - p).pow(2).sum()) for _, p, c in _pairs_of_tensors(parent, child))
-    return total**0.5
+    return pair_weights(parent, child).l2
 
 
 def mean_cosine(parent: LoadedModel, child: LoadedModel) -> float:
     """Mean over matched tensors of cos(θ_c^t, θ_p^t)."""
-    cosines = [
-        float(torch.nn.functional.cosine_similarity(c.flatten(), p.flatten(), dim=0))
-        for _, p, c in _pairs_of_tensors(parent, child)
-    ]
-    return sum(cosines) / len(cosines)
+    return pair_weights(parent, child).cosine
 
 
 def invariant_statistics(model: LoadedModel, name: str) -> torch.Tensor:
@@ -163,9 +286,7 @@ def spectrum_distance(parent: LoadedModel, child: LoadedModel) -> float:
 
 def relative_l2_distance(parent: LoadedModel, child: LoadedModel) -> float:
     """‖θ_c − θ_p‖ / ‖θ_p‖ over the matched tensors."""
-    floats = parent.float_tensors()
-    norm = sum(float(floats[p].pow(2).sum()) for p, _ in matched_tensors(parent, child)) ** 0.5
-    return l2_distance(parent, child) / max(norm, 1e-30)
+    return pair_weights(parent, child).relative
 
 
 def outward_log_ratios(candidates: list[LoadedModel], child: LoadedModel) -> list[float]:
@@ -175,19 +296,6 @@ def outward_log_ratios(candidates: list[LoadedModel], child: LoadedModel) -> lis
     estimate of their common root, as in task arithmetic), a parent lies nearer than its child,
     and the child's own descendants lie farther. A positive ratio marks a candidate that looks
     like a descendant of the child rather than an ancestor. Computed over the tensors every
-    candidate shares with the child, one tensor at a time.
+    candidate shares with the child, a block at a time (``weight_evidence``).
     """
-    matches = [dict((c, p) for p, c in matched_tensors(k, child)) for k in candidates]
-    shared = [name for name in matches[0] if all(name in m for m in matches[1:])]
-    child_floats = child.float_tensors()
-    floats = [k.float_tensors() for k in candidates]
-    squared = [0.0] * len(candidates)
-    child_squared = 0.0
-    for name in shared:
-        tensors = [f[m[name]] for f, m in zip(floats, matches, strict=True)]
-        centre = torch.stack(tensors).mean(0)
-        for i, tensor in enumerate(tensors):
-            squared[i] += float((tensor - centre).pow(2).sum())
-        child_squared += float((child_floats[name] - centre).pow(2).sum())
-    floor = 1e-30
-    return [0.5 * (np.log(max(s, floor)) - np.log(max(child_squared, floor))) for s in squared]
+    return weight_evidence(candidates, child, outward=True)[1]
