@@ -393,7 +393,7 @@ def _build_registry() -> dict[str, Method]:
             "weight-spectrum",
             MethodKind.WEIGHT,
             "−distance of per-tensor singular values: robust to hidden-unit permutation",
-            lambda ctx: -weightspace.spectrum_distance(ctx.parent, ctx.child),
+            lambda ctx: -weightspace.spectrum_distance(ctx.parent, ctx.child, ctx.device),
             True,
         )
     )

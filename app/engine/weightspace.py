@@ -204,24 +204,31 @@ def mean_cosine(parent: LoadedModel, child: LoadedModel) -> float:
     return pair_weights(parent, child).cosine
 
 
-def invariant_statistics(model: LoadedModel, name: str) -> torch.Tensor:
-    """Permutation-invariant summary of one tensor: singular values (matrices), sorted values."""
+def invariant_statistics(
+    model: LoadedModel, name: str, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Permutation-invariant summary of one tensor: singular values (matrices), sorted values;
+    float64 on the CPU, computed on ``device`` (a GPU's eigensolver for its matrices)."""
     cache = model.cache.setdefault("spectrum", {})
     if name not in cache:
         # One tensor at a time unless the model's float32 copy is already built (registration
         # computes every tensor's statistics without ever holding the whole model in float32).
         floats = model.cached_float_tensors()
-        tensor = floats[name] if floats is not None else model.weights[name].to(torch.float32)
+        tensor = floats[name] if floats is not None else model.weights[name].float()
+        tensor = tensor.to(device)
         if tensor.ndim >= 2:
             matrix = tensor.reshape(tensor.shape[0], -1)
             # σ(W) = sqrt(eig(WᵀW)) on the smaller side: an embedding of 30k rows costs a 384×384
             # eigenproblem instead of a 30k×384 SVD.
             gram = matrix.T @ matrix if matrix.shape[0] >= matrix.shape[1] else matrix @ matrix.T
-            # numpy's LAPACK: torch's CPU eigvalsh took 0.67 s on a 384×384 matrix here, numpy 0.03.
-            eigenvalues = torch.from_numpy(np.linalg.eigvalsh(gram.double().cpu().numpy()))
+            if gram.device.type == "cpu":
+                # numpy's LAPACK: torch's CPU eigvalsh took 0.67 s on a 384×384 matrix, numpy 0.03.
+                eigenvalues = torch.from_numpy(np.linalg.eigvalsh(gram.double().numpy()))
+            else:
+                eigenvalues = torch.linalg.eigvalsh(gram.double()).cpu()
             cache[name] = eigenvalues.clamp_min(0.0).flip(0).sqrt()
         else:
-            cache[name] = tensor.reshape(-1).double().sort().values
+            cache[name] = tensor.reshape(-1).double().sort().values.cpu()
     return cache[name]
 
 
@@ -233,13 +240,13 @@ STATISTICS_FILE = Path(".lineage") / "statistics.safetensors"
 STATISTICS_VERSION = "1"
 
 
-def save_statistics(model: LoadedModel, folder: Path) -> Path:
+def save_statistics(model: LoadedModel, folder: Path, device: torch.device | str = "cpu") -> Path:
     """Compute the invariant statistics of every comparable tensor of ``model`` and store them in
     ``folder/.lineage/statistics.safetensors`` (float64, keyed by tensor name, tagged with the
     model's SHA-256 and ``STATISTICS_VERSION``), written to a temporary file and renamed, so a
-    reader never sees half a file."""
+    reader never sees half a file. Computed on ``device``."""
     names = [n for n, i in model.weights.infos.items() if i.is_float and 0 not in i.shape]
-    tensors = {name: invariant_statistics(model, name).contiguous() for name in names}
+    tensors = {name: invariant_statistics(model, name, device).contiguous() for name in names}
     target = folder / STATISTICS_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".partial")
@@ -275,11 +282,15 @@ def load_statistics(model: LoadedModel, folder: Path) -> bool:
     return True
 
 
-def spectrum_distance(parent: LoadedModel, child: LoadedModel) -> float:
-    """sqrt(Σ_t ‖σ(θ_c^t) − σ(θ_p^t)‖²) with σ the invariant statistics above."""
+def spectrum_distance(
+    parent: LoadedModel, child: LoadedModel, device: torch.device | str = "cpu"
+) -> float:
+    """sqrt(Σ_t ‖σ(θ_c^t) − σ(θ_p^t)‖²) with σ the invariant statistics above (stored ones where
+    registration stored them, else computed on ``device``)."""
     total = 0.0
     for p_name, c_name in matched_tensors(parent, child):
-        diff = invariant_statistics(child, c_name) - invariant_statistics(parent, p_name)
+        mine = invariant_statistics(child, c_name, device)
+        diff = mine - invariant_statistics(parent, p_name, device)
         total += float(diff.pow(2).sum())
     return total**0.5
 
