@@ -27,7 +27,7 @@ import torch
 from app.bench.zoo import read_manifest
 from app.engine import weightspace
 from app.engine.architectures import open_model
-from app.engine.decision import rank_candidates
+from app.engine.decision import Progress, rank_candidates
 from app.engine.detector_inputs import VARIANT_OF, detector_logits, load_detector
 from app.engine.methods import AUTO, METHODS, MethodKind, PairContext, network_for
 from app.engine.metrics import SIMILARITY_GRADIENTS
@@ -226,19 +226,29 @@ def evaluate_zoo(
     num_probes: int = DEFAULT_NUM_PROBES,
     log: Callable[[str], None] = lambda _: None,
     detector_dir: Path | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """Score every split of the zoo with ``methods`` and time them (and ``auto``); return the
-    raw results. ``calibration``: the constants ``auto`` is timed with (default: the engine's)."""
+    raw results. ``calibration``: the constants ``auto`` is timed with (default: the engine's).
+    ``progress(done, total)``, when given, is called with the queries scored so far out of the
+    zoo's, after each one."""
     device = torch.device(device)
     manifest = read_manifest(zoo)
     model = model_opener(zoo)
     started = time.perf_counter()
+    total = sum(len(queries) for queries in manifest["splits"].values())
+    done = 0
     splits = {}
     for split, queries in manifest["splits"].items():
         split_started = time.perf_counter()
-        splits[split] = [
-            _score_query(q, model, methods, device, num_probes, detector_dir) for q in queries
-        ]
+        splits[split] = []
+        for query in queries:
+            splits[split].append(
+                _score_query(query, model, methods, device, num_probes, detector_dir)
+            )
+            done += 1
+            if progress is not None:
+                progress(done, total)
         log(
             f"{manifest['family']} seed {manifest['seed']}: {split} "
             f"({len(queries)} queries, {time.perf_counter() - split_started:.1f} s)"

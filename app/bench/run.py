@@ -3,6 +3,9 @@
 Layout of a benchmark folder ``ROOT``: one zoo per family and seed, ``ROOT/{family}-seed{s}``,
 each with its ``manifest.json`` and, once scored, its ``results.json``. Reported seeds are
 0..K−1; calibration zoos use ``CALIBRATION_SEEDS`` and are never reported.
+
+Progress is counted in the units where the time goes: each model trained for a zoo that is
+missing, and each query scored (a query reused from ``results.json`` counts as scored).
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from app.bench.detector import train_on_zoos
 from app.bench.evaluate import evaluate_zoo, time_at_scale
 from app.bench.report import NOTES_MARKER, plot, render, summarize
 from app.bench.scoring import decision_right, judged
-from app.bench.zoo import CONFIGS, MANIFEST, build_zoo, read_manifest
+from app.bench.zoo import CONFIGS, MANIFEST, build_zoo, read_manifest, zoo_counts
 from app.engine.calibration import load_calibration
-from app.engine.decision import DIRECTION
+from app.engine.decision import DIRECTION, Progress
 from app.engine.detector import VARIANTS
 from app.engine.detector_inputs import CHECKPOINT_DIR, load_detector
 from app.engine.errors import InvalidArgument
@@ -129,6 +132,43 @@ def zoo_path(root: Path, family: str, seed: int) -> Path:
     return root / f"{family}-seed{seed}"
 
 
+class _Units:
+    """Units of work done out of a total fixed up front (models to train, queries to score),
+    reported as ``progress(done, total)``: first 0, never backwards, never past the total."""
+
+    def __init__(self, total: int, progress: Progress | None):
+        self.done, self.total, self.progress = 0, total, progress
+        self._report()
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def reach(self, done: int) -> None:
+        done = min(done, self.total)
+        if done > self.done:
+            self.done = done
+            self._report()
+
+    def step(self) -> Progress:
+        """``progress(done, total)`` for one step of the work (a zoo's build, or its scoring)
+        that advances these units by the step's own done, from where they stand now."""
+        start = self.done
+        return lambda done, _total: self.reach(start + done)
+
+
+def _zoo_units(zoo: Path, family: str, size: str, building: set[Path]) -> int:
+    """The units of ``zoo``: its queries, and its models when it is still to be built (once,
+    however often it is scored)."""
+    if (zoo / MANIFEST).is_file():
+        return sum(len(queries) for queries in read_manifest(zoo)["splits"].values())
+    models, queries = zoo_counts(family, size)
+    if zoo in building:
+        return queries
+    building.add(zoo)
+    return models + queries
+
+
 def _zoo_results(
     zoo: Path,
     family: str,
@@ -139,9 +179,10 @@ def _zoo_results(
     options: dict,
     reuse: bool,
     log: Callable[[str], None],
+    units: _Units,
 ) -> dict:
     if not (zoo / MANIFEST).is_file():
-        build_zoo(family, zoo, seed, size, log)
+        build_zoo(family, zoo, seed, size, log, units.step())
     elif read_manifest(zoo)["size"] != size:
         raise InvalidArgument(f"{zoo} holds a zoo of another size; remove it or pass its --size")
     cached = zoo / RESULTS
@@ -149,6 +190,7 @@ def _zoo_results(
         result = json.loads(cached.read_text())
         if set(methods) <= set(result["methods"]) and result["num_probes"] == options["probes"]:
             log(f"{zoo.name}: reusing {RESULTS}")
+            units.reach(units.done + sum(len(q) for q in result["splits"].values()))
             return result
     result = evaluate_zoo(
         zoo,
@@ -158,6 +200,7 @@ def _zoo_results(
         options["probes"],
         log,
         options.get("detector_dir"),
+        progress=units.step(),
     )
     tmp = cached.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
@@ -182,12 +225,16 @@ def run_bench(
     scale_timing: bool = False,
     command: str = "lineage bench",
     log: Callable[[str], None] = lambda _: None,
+    progress: Progress | None = None,
 ) -> tuple[str, dict]:
     """Run the benchmark under ``root`` and return (report markdown, calibration used).
 
     ``root`` holding a ``manifest.json`` is one zoo, benchmarked alone; otherwise zoos for
     ``families`` × seeds 0..seeds−1 are built there when missing. With ``calibrate_into``,
     calibration zoos are built and scored too and the fitted constants written there first.
+    ``progress(done, total)``, when given, counts the models trained for missing zoos and the
+    queries scored, calibration zoos' included: first with 0, last with ``total`` once every
+    zoo is scored (fitting the calibration and training detectors advance nothing).
     """
     started = time.perf_counter()
     unknown = [f for f in families if f not in CONFIGS]
@@ -208,14 +255,18 @@ def run_bench(
     else:
         plan = [(zoo_path(root, f, s), f, s) for f in families for s in range(seeds)]
     pairwise = [m for m in scored if METHODS[m].pairwise]
+    cal_plan = []
+    if calibrate_into is not None:
+        cal_plan = [(zoo_path(root, f, s), f, s) for f in families for s in CALIBRATION_SEEDS]
+    building: set[Path] = set()
+    units = _Units(
+        sum(_zoo_units(zoo, f, size, building) for zoo, f, _ in cal_plan + plan), progress
+    )
     detector_records = []
     if calibrate_into is not None:
         cal_results = [
-            _zoo_results(
-                zoo_path(root, f, seed), f, seed, size, pairwise, None, options, reuse, log
-            )
-            for f in families
-            for seed in CALIBRATION_SEEDS
+            _zoo_results(zoo, f, s, size, pairwise, None, options, reuse, log, units)
+            for zoo, f, s in cal_plan
         ]
         calibration = calibrate(cal_results, calibration, log)
         calibration["auto"].pop("defer_to_detector", None)  # decided anew below, if trained
@@ -231,9 +282,10 @@ def run_bench(
             calibrate_into.write_text(json.dumps(calibration, indent=2) + "\n")
             log(f"auto defers to the detector for: {calibration['auto']['defer_to_detector']}")
     results = [
-        _zoo_results(zoo, f, s, size, scored, calibration, options, reuse, log)
+        _zoo_results(zoo, f, s, size, scored, calibration, options, reuse, log, units)
         for zoo, f, s in plan
     ]
+    units.reach(units.total)
     scale = None
     if scale_timing:
         log("timing the methods on a MiniLM-sized pair")

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from app.bench.data import task_data
 from app.engine.architectures import Network, build_network
+from app.engine.decision import Progress
 from app.engine.errors import InvalidArgument
 from app.engine.model_files import save_model
 from app.engine.permutation import permute_transformer
@@ -200,9 +201,16 @@ class _Builder:
     """Trains and saves the models of one zoo, recording each in the manifest."""
 
     def __init__(
-        self, family: str, out: Path, seed: int, steps_scale: float, log: Callable[[str], None]
+        self,
+        family: str,
+        out: Path,
+        seed: int,
+        steps_scale: float,
+        log: Callable[[str], None],
+        progress: Callable[[int], None] = lambda _: None,
     ):
         self.family, self.out, self.seed, self.log = family, out, seed, log
+        self.progress = progress  # called with the number of models written so far
         self.steps_scale = steps_scale
         self.config = CONFIGS[family]
         self.recipe = RECIPES[family]
@@ -220,6 +228,7 @@ class _Builder:
         save_model(self.out / name, state, self.config)
         self.states[name] = state
         self.models[name] = record
+        self.progress(len(self.models))
 
     def fit(
         self,
@@ -435,16 +444,35 @@ def _index(name: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in name.split("-"))
 
 
+def zoo_counts(family: str, size: str) -> tuple[int, int]:
+    """(models, queries) of a zoo of ``family`` and ``size``, known before it is built: what
+    ``_Builder.build`` trains and ``make_splits`` derives (the tests hold the two to it)."""
+    num_parents, grid, _ = SIZES[size]
+    recipe = RECIPES[family]
+    children = len(recipe.small_children if grid == "small" else recipe.children)
+    # Per parent: itself, its standard children, few-shot, imbalanced, EWC, KD, distilled,
+    # permuted, and generations 3 and 4; plus the root.
+    models = 1 + num_parents * (1 + children + 8)
+    # Per parent: a standard and an orphan query per standard child; one query per few-shot,
+    # imbalanced, EWC, KD, permuted and distilled child; 1 + 2 + 3 generations queries (chain
+    # generations 2, 3 and 4 against each earlier one); 2 kinship queries.
+    queries = num_parents * (2 * children + 6 + 6 + 2)
+    return models, queries
+
+
 def build_zoo(
     family: str,
     out: Path,
     seed: int = 0,
     size: str = "small",
     log: Callable[[str], None] = lambda _: None,
+    progress: Progress | None = None,
 ) -> dict:
     """Train a zoo of ``family`` into ``out`` and write ``manifest.json``; return the manifest.
 
     The manifest is written last, so a folder with a manifest holds a complete zoo.
+    ``progress(done, total)``, when given, is called with the number of models written so far
+    out of those the zoo holds (``zoo_counts``): first with 0, last with ``total``.
     """
     if family not in CONFIGS:
         raise InvalidArgument(f"unknown zoo family {family!r}; choose one of {', '.join(CONFIGS)}")
@@ -454,7 +482,10 @@ def build_zoo(
     (out / MANIFEST).unlink(missing_ok=True)
     started = time.perf_counter()
     num_parents, grid, steps_scale = SIZES[size]
-    builder = _Builder(family, out, seed, steps_scale, log)
+    total, _ = zoo_counts(family, size)
+    report = (lambda _: None) if progress is None else (lambda done: progress(done, total))
+    report(0)
+    builder = _Builder(family, out, seed, steps_scale, log, report)
     recipe = RECIPES[family]
     builder.build(num_parents, recipe.small_children if grid == "small" else recipe.children)
     manifest = {
