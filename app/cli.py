@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 
 from app.engine.errors import InvalidArgument, LineageError
 
@@ -70,20 +71,45 @@ def _format_ranking(ranking) -> str:
     return "\n".join(lines)
 
 
+class _Bar:
+    """What ``_progress_bar`` yields: ``bar(done, total)`` moves the bar; ``bar.log(message)``
+    prints a progress line on stderr, through the bar's console while a bar is drawn (so the
+    line lands above it), as a plain line otherwise, and nothing when quiet."""
+
+    def __init__(
+        self, update: Callable[[int, int], None] | None = None, console=None, *, quiet: bool = False
+    ):
+        self._update, self._console, self._quiet = update, console, quiet
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._update is not None:
+            self._update(done, total)
+
+    def log(self, message: str) -> None:
+        if self._quiet:
+            return
+        if self._console is None:
+            typer.echo(message, err=True)
+        else:
+            self._console.print(message, markup=False, highlight=False, emoji=False)
+
+
 @contextmanager
-def _progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A ``progress(done, total)`` callback that draws a bar on stderr while the block runs,
-    when stderr is a terminal (in pipes, logs and tests it draws nothing)."""
-    if not sys.stderr.isatty():
-        yield lambda _done, _total: None
+def _progress_bar(description: str, *, quiet: bool = False) -> Iterator[_Bar]:
+    """A ``progress(done, total)`` callback (with its ``log``) that draws a bar on stderr while
+    the block runs, when stderr is a terminal (in pipes, logs and tests, or when ``quiet``, it
+    draws nothing)."""
+    if quiet or not sys.stderr.isatty():
+        yield _Bar(quiet=quiet)
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    console = Console(stderr=True)
+    with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(description, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+        yield _Bar(lambda done, total: bar.update(task, completed=done, total=total), console)
 
 
 def _local(source: str) -> str:
@@ -283,7 +309,8 @@ def zoo_build(
     if out.exists() and not out.is_dir():
         _fail(f"--out {out} exists and is not a folder")
     try:
-        manifest = build_zoo(family, out, seed, size, (lambda _: None) if quiet else _progress)
+        with _progress_bar(f"training the {family} zoo", quiet=quiet) as bar:
+            manifest = build_zoo(family, out, seed, size, bar.log, bar)
     except LineageError as exc:
         _fail(exc.message)
     queries = sum(len(q) for q in manifest["splits"].values())
@@ -299,7 +326,26 @@ def _split_names(values: list[str] | None) -> list[str] | None:
     return [v for value in values for v in value.split(",") if v]
 
 
-@cli.command()
+class _BenchGroup(TyperGroup):
+    """``lineage bench ZOO ...`` is ``lineage bench run ZOO ...``: the accuracy benchmark keeps
+    its short form beside ``lineage bench speed`` (a zoo folder named ``speed`` needs ``run``)."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+bench_cli = typer.Typer(
+    cls=_BenchGroup,
+    no_args_is_help=True,
+    help="Benchmarks: accuracy (lineage bench ZOO, short for lineage bench run ZOO) and speed "
+    "(lineage bench speed).",
+)
+cli.add_typer(bench_cli, name="bench")
+
+
+@bench_cli.command("run")
 def bench(
     zoo: Path = typer.Argument(
         ..., help="A zoo folder, or a benchmark folder holding one zoo per family and seed."
@@ -354,28 +400,107 @@ def bench(
     try:
         torch_device = _device(device)
         target = (calibration_out or default_calibration_path()) if calibrate else None
-        report, _ = run_bench(
-            zoo,
-            families=_split_names(families) or ["mlp", "cnn", "gpt2"],
-            seeds=seeds,
-            size=size,
-            methods=_split_names(methods),
-            out=out,
-            calibrate_into=target,
-            detectors_into=detectors or CHECKPOINT_DIR,
-            detector_epochs=detector_epochs,
-            device=str(torch_device),
-            probes=probes,
-            reuse=reuse_scores,
-            scale_timing=scale_timing,
-            command=command,
-            log=(lambda _: None) if quiet else _progress,
-        )
+        with _progress_bar("models trained, queries scored", quiet=quiet) as bar:
+            report, _ = run_bench(
+                zoo,
+                families=_split_names(families) or ["mlp", "cnn", "gpt2"],
+                seeds=seeds,
+                size=size,
+                methods=_split_names(methods),
+                out=out,
+                calibrate_into=target,
+                detectors_into=detectors or CHECKPOINT_DIR,
+                detector_epochs=detector_epochs,
+                device=str(torch_device),
+                probes=probes,
+                reuse=reuse_scores,
+                scale_timing=scale_timing,
+                command=command,
+                log=bar.log,
+                progress=bar,
+            )
     except LineageError as exc:
         _fail(exc.message)
     except OSError as exc:
         _fail(f"cannot write {exc.filename or 'a file'}: {exc.strerror or exc}")
     typer.echo(report if out is None else f"report written to {out}")
+
+
+def _int_names(values: list[str] | None, option: str) -> list[int] | None:
+    names = _split_names(values)
+    if names is None:
+        return None
+    try:
+        return [int(v.replace("_", "")) for v in names]
+    except ValueError:
+        _fail(f"{option} takes whole numbers, e.g. 10,100,1000")
+
+
+@bench_cli.command("speed")
+def bench_speed(
+    sizes: list[str] = typer.Option(
+        None,
+        "--sizes",
+        help="Model sizes timed per pair (comma-separate; default: mlp, bert-base, gpt2-small, "
+        "llama-1b; none: --sizes '').",
+    ),
+    batch_sizes: list[str] = typer.Option(
+        None,
+        "--batch-sizes",
+        help="Sizes timed batched against one by one (default: mlp, bert-base).",
+    ),
+    candidates: int = typer.Option(16, help="Candidates of the batched section."),
+    catalogs: list[str] = typer.Option(
+        None, "--catalogs", help="Catalog sizes of one job (default: 10,100,1000,10000)."
+    ),
+    shortlist: int = typer.Option(
+        16, "--shortlist", help="Shortlist size K of the catalog section."
+    ),
+    off_up_to: int = typer.Option(
+        1000, help="Largest catalog also timed with the shortlist off (every model scored)."
+    ),
+    repeats: int = typer.Option(3, help="Timed runs per row (median), after a warm-up."),
+    device: str = typer.Option("cpu", help="auto, cpu, cuda or cuda:N."),
+    out: Path = typer.Option(None, "--out", help="Also write the report (markdown) here."),
+    quiet: bool = typer.Option(False, "--quiet", help="Do not print progress."),
+) -> None:
+    """Time detection: per pair and method, batched against one by one, and one job against
+    catalogs of growing size, with peak memory; prints a markdown report naming the machine."""
+    from app.bench.speed import SIZES, run_speed
+
+    def chosen(values, default):
+        if values is None:
+            return default
+        return _split_names(values) or []
+
+    argv = sys.argv[1:]
+    command = (
+        "lineage " + " ".join(argv) if argv[:2] == ["bench", "speed"] else "lineage bench speed"
+    )
+    try:
+        torch_device = _device(device)
+        with _progress_bar("timing", quiet=quiet) as bar:
+            report = run_speed(
+                sizes=chosen(sizes, SIZES),
+                batch_sizes=chosen(batch_sizes, ["mlp", "bert-base"]),
+                candidates=candidates,
+                catalogs=_int_names(catalogs, "--catalogs")
+                if catalogs is not None
+                else [10, 100, 1000, 10000],
+                shortlist_size=shortlist,
+                off_up_to=off_up_to,
+                repeats=repeats,
+                device=str(torch_device),
+                log=bar.log,
+                command=command,
+            )
+        if out is not None:
+            out.write_text(report)
+    except LineageError as exc:
+        _fail(exc.message)
+    except OSError as exc:
+        _fail(f"cannot write {exc.filename or 'a file'}: {exc.strerror or exc}")
+    typer.echo(report)
 
 
 @cli.command("train-detector")

@@ -34,11 +34,12 @@ import torch
 import transformers
 from torch.func import vjp
 
+from app.bench import speed
 from app.engine.architectures import pair_states
 from app.engine.calibration import taylor_alpha
 from app.engine.linearize import jacobian_delta, parameter_delta, taylor_term, taylor_terms
 from app.engine.methods import METHODS, PairContext, network_for
-from app.engine.metrics import SIMILARITIES, SIMILARITY_GRADIENTS, l2_similarity
+from app.engine.metrics import SIMILARITIES, SIMILARITY_GRADIENTS
 from app.engine.model_files import LoadedModel, load_model, save_model
 from app.engine.probes import probe_inputs
 from app.engine.training import initial_state, noisy_copy
@@ -72,25 +73,9 @@ def gpt2_module(state: dict[str, torch.Tensor]) -> torch.nn.Module:
     return module.eval()
 
 
-def features(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """f(x): the last hidden state flattened, (N, 16·768), as the engine compares it."""
-    return module(x, attention_mask=torch.ones_like(x)).last_hidden_state.flatten(1)
-
-
 def reference_taylor_l2(parent: torch.nn.Module, child: torch.nn.Module, x: torch.Tensor) -> float:
-    """(a) s(f_p, f_c) + α·⟨∂/∂θ_p Σ sg(Π)·f_p, θ_c − θ_p⟩ with autograd on the parent module."""
-    f_p = features(parent, x)  # keeps the graph
-    with torch.no_grad():
-        f_c = features(child, x)
-    pi = SIMILARITY_GRADIENTS["l2"](f_p.detach() - f_c)  # −2d/NK
-    parent_params = list(parent.parameters())
-    grads = torch.autograd.grad(f_p, parent_params, grad_outputs=pi)
-    with torch.no_grad():
-        correction = sum(
-            (g * (c - p)).sum()
-            for g, p, c in zip(grads, parent_params, child.parameters(), strict=True)
-        )
-        return float(l2_similarity(f_p.detach(), f_c)) + ALPHA * float(correction)
+    """(a) the reference's approach (``app.bench.speed.reference_taylor_l2``) at the engine's α."""
+    return speed.reference_taylor_l2(parent, child, x, ALPHA)
 
 
 def old_taylor_terms(network, parent_state, child_state, x) -> dict[str, tuple[float, float]]:

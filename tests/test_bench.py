@@ -216,11 +216,14 @@ def test_bench_judges_auto_as_the_engine_does(bench_run, which):
         assert ranking.skipped == []
         engine = {c.parent: c.score for c in ranking.candidates}
         assert set(engine) == set(query["candidates"])
+        # auto's scores are log-distance ratios in units of each component's noise (σ as small
+        # as 0.04): float32 sums rounded in another order (the engine's batched pass, another
+        # CPU's kernels) move them by about 1e-6, a real disagreement by far more
         for name, value in zip(query["candidates"], bench_scores, strict=True):
-            assert value == pytest.approx(engine[name], rel=1e-6, abs=1e-6), (query["child"], name)
+            assert value == pytest.approx(engine[name], rel=1e-5, abs=1e-4), (query["child"], name)
         judged = scoring.judged(query, AUTO, calibration)
         assert judged["top1"] == ranking.candidates[0].parent
-        assert judged["margin"] == pytest.approx(ranking.decision.margin, rel=1e-6, abs=1e-6)
+        assert judged["margin"] == pytest.approx(ranking.decision.margin, rel=1e-5, abs=1e-4)
         assert judged["none"] == (ranking.decision.parent is None)
 
 
