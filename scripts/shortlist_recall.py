@@ -1,12 +1,14 @@
-"""How often the shortlist keeps the true parent: recall@K of weight sketches on model zoos.
+"""How often the shortlist keeps the true parent: recall@K of model sketches on model zoos.
 
-    python scripts/shortlist_recall.py ZOO [ZOO ...] [--k 1 4 16]
+    python scripts/shortlist_recall.py ZOO [ZOO ...] [--k 1 4 16] [--no-outputs]
 
 Every model of the given zoos (one family; `lineage zoo build`) is put in one pooled catalog.
 For every query of every split whose parent is a candidate (orphans have none), the child's
 sketch is compared with every other model of the pool, the child itself excepted, its own
 descendants included (a catalog may well hold them): recall@K is the share of queries whose
-true parent is among the K nearest. Prints one markdown row per split, and the pool's size.
+true parent is among the K the shortlist keeps (the nearest by each part in turn).
+``--no-outputs`` drops every sketch's output part (weights and spectra alone, as sketches
+stored before output parts existed). Prints one markdown row per split, and the pool's size.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("zoos", type=Path, nargs="+")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--no-outputs", action="store_true", help="Weights and spectra alone.")
     args = parser.parse_args()
     sketches, manifests = {}, {}
     missing = [z for z in args.zoos if not (z / "manifest.json").is_file()]
@@ -33,7 +36,8 @@ def main() -> None:
         manifest = json.loads((zoo / "manifest.json").read_text())
         manifests[zoo] = manifest
         for name in manifest["models"]:
-            sketches[(zoo, name)] = model_sketch(open_model(zoo / name, name))
+            sketch = model_sketch(open_model(zoo / name, name), outputs=not args.no_outputs)
+            sketches[(zoo, name)] = sketch
     pool = list(sketches)
     hits: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     counts: dict[str, int] = defaultdict(int)

@@ -1,6 +1,7 @@
 """What choosing a shortlist costs as the catalog grows: ``registry.candidates`` (the SQL
-filter, loading the sketches, the distances, the nearest K) against catalogs of synthetic
-sketches of a BERT-base layout (199 comparable tensors), on SQLite.
+filter, streaming the sketches, the distances, the nearest K, loading their records) against
+catalogs of synthetic sketches of a BERT-base layout (199 comparable tensors, and an output
+part), on SQLite.
 
     python scripts/shortlist_scale.py [--sizes 10 100 1000 10000] [--k 16]
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from app.core.db import make_engine, migrate, session_factory, transaction
-from app.engine.sketch import SKETCH_DIM, layout_of
+from app.engine.sketch import OUTPUT_DIM, SKETCH_DIM, layout_of
 from app.registry import service as registry
 from app.registry.models import Model
 
@@ -45,6 +46,7 @@ def main() -> None:
             with transaction(factory) as session:
                 for i in range(size + 1):
                     rows = rng.standard_normal((len(TENSORS), 2 * SKETCH_DIM)).astype("<f4")
+                    outputs = rng.standard_normal(OUTPUT_DIM).astype("<f4")
                     session.add(
                         Model(
                             name=f"m{i}",
@@ -57,6 +59,8 @@ def main() -> None:
                             sketch=rows.tobytes(),
                             sketch_tensors=TENSORS,
                             sketch_layout=layout_of(TENSORS),
+                            sketch_outputs=outputs.tobytes(),
+                            sketch_outputs_key="0" * 32,
                         )
                     )
             timings = {}

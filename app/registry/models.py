@@ -12,10 +12,10 @@ from app.core.db import Base, utcnow
 
 class Model(Base):
     """A registered model. ``sha256`` (of the weight bytes) is its identity: the same weights
-        registered twice are one row. ``name`` is what people call it (``org/name`` for hub
-        models, which also carry the resolved ``revision`` commit). ``is_candidate``: whether it is
-        in the parent catalog that new children are scored against. ``sketch``: what shortlists
-    it as a candidate without opening its files (loaded only when asked for)."""
+    registered twice are one row. ``name`` is what people call it (``org/name`` for hub models,
+    which also carry the resolved ``revision`` commit). ``is_candidate``: whether it is in the
+    parent catalog that new children are scored against. ``sketch*``: what shortlists it as a
+    candidate without opening its files (loaded only when asked for)."""
 
     __tablename__ = "models"
 
@@ -30,9 +30,13 @@ class Model(Base):
     num_parameters: Mapped[int] = mapped_column(BigInteger)
     storage_path: Mapped[str] = mapped_column(String(500))
     is_candidate: Mapped[bool] = mapped_column(Boolean, default=False)
-    # The weight sketch (``app.engine.sketch``): float32 rows, the (tensor, length) of each row,
-    # and the digest of that list, which models of one architecture share.
+    # The sketch (``app.engine.sketch``): float32 rows, the (tensor, length) of each row, and the
+    # digest of that list, which models of one architecture share; then the output part (float32)
+    # and the key it is compared under: NULL when not computed yet (registered before output
+    # parts existed), "" (and no output part) when the model has none (weights only, say).
     sketch: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     sketch_tensors: Mapped[list | None] = mapped_column(JSON, deferred=True)
     sketch_layout: Mapped[str | None] = mapped_column(String(32), index=True, deferred=True)
+    sketch_outputs: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    sketch_outputs_key: Mapped[str | None] = mapped_column(String(32), deferred=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

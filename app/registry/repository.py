@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Select, func, or_, select
+from collections.abc import Iterator
+
+from sqlalchemy import Row, Select, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, undefer
+from sqlalchemy.orm import Session
 
 from app.registry.models import Model
 
@@ -42,20 +44,50 @@ class ModelRepository:
             return False
         return True
 
-    def candidates(
-        self, exclude_id: int, architecture: str | None, *, with_sketches: bool = False
-    ) -> list[Model]:
-        """Catalog parents except the model itself, oldest first; with ``architecture``, only
-        those of that architecture or of none (filtered in SQL, on an indexed column). Their
-        sketches are loaded in the same query when ``with_sketches``."""
-        query = select(Model).where(Model.is_candidate, Model.id != exclude_id)
-        if with_sketches:
-            query = query.options(undefer(Model.sketch), undefer(Model.sketch_layout))
+    @staticmethod
+    def _catalog(query: Select, exclude_id: int, architecture: str | None) -> Select:
+        """``query`` restricted to catalog parents except the model itself; with
+        ``architecture``, to those of that architecture or of none (an indexed column)."""
+        column = Model.__table__.c  # the table's own: a select of columns stays plain SQL
+        query = query.where(column.is_candidate, column.id != exclude_id)
         if architecture is not None:
             query = query.where(
-                or_(Model.architecture == architecture, Model.architecture.is_(None))
+                or_(column.architecture == architecture, column.architecture.is_(None))
             )
+        return query
+
+    def candidates(self, exclude_id: int, architecture: str | None) -> list[Model]:
+        """Catalog parents except the model itself, oldest first; with ``architecture``, only
+        those of that architecture or of none (filtered in SQL)."""
+        query = self._catalog(select(Model), exclude_id, architecture)
         return list(self.session.scalars(query.order_by(Model.id)))
+
+    def candidate_sketches(self, exclude_id: int, architecture: str | None) -> Iterator[Row]:
+        """(id, sketch_layout, sketch, sketch_outputs_key, sketch_outputs) of every one of
+        ``candidates``, streamed a few hundred rows at a time, in no particular order: sorting
+        rows that carry their sketches (an OR of two index lookups cannot return them in id
+        order) would copy every sketch into a temporary table first."""
+        column = Model.__table__.c  # plain columns: rows come back as tuples, no ORM objects
+        query = self._catalog(
+            select(
+                column.id,
+                column.sketch_layout,
+                column.sketch,
+                column.sketch_outputs_key,
+                column.sketch_outputs,
+            ),
+            exclude_id,
+            architecture,
+        )
+        yield from self.session.execute(query.execution_options(yield_per=256))
+
+    def by_ids(self, ids: list[int]) -> list[Model]:
+        """The models with these ids, oldest first (ids that no longer exist are left out)."""
+        found: list[Model] = []
+        for start in range(0, len(ids), 500):  # well within every database's bound parameters
+            chunk = ids[start : start + 500]
+            found += self.session.scalars(select(Model).where(Model.id.in_(chunk)))
+        return sorted(found, key=lambda model: model.id)
 
     def sketch_layouts(self, layouts: set[str]) -> dict[str, list]:
         """The stored keys of each sketch layout, read from one model per layout."""

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.engine.model_files import LoadedModel
-from app.engine.sketch import Sketch, model_sketch, shortlist, stored_keys
+from app.engine.sketch import Sketch, SketchScan, model_sketch, nearest, output_sketch, stored_keys
 from app.hub.declared import DeclaredParent, declared_parents
 from app.hub.resolve import resolve_with_settings
 from app.registry.errors import NameTaken, UnknownModel
@@ -93,6 +94,7 @@ def ingest(
             candidate=candidate,
             hub_id=hub_id,
             revision=revision,
+            device=settings.device,
         )
     except NameTaken:
         if fresh:  # weights this request stored for a record that was refused
@@ -110,12 +112,14 @@ def register(
     candidate: bool,
     hub_id: str | None = None,
     revision: str | None = None,
+    device: str = "cpu",
 ) -> tuple[Model, bool]:
     """The catalog record of these stored weights, created if new: (record, created).
 
     The same weights registered again return the existing record (under its first name); asking
     for them as a candidate parent makes the record one. A name already used by other weights
-    raises ``NameTaken``.
+    raises ``NameTaken``. The record's sketch is computed here, its output part by one forward
+    pass on ``device`` (the engine's).
     """
     repository = ModelRepository(session)
     existing = repository.by_sha256(loaded.sha256)
@@ -123,7 +127,9 @@ def register(
         if candidate and not existing.is_candidate:
             existing.is_candidate = True
         if existing.sketch is None:  # registered before sketches existed
-            _store_sketch(existing, loaded)
+            _store_sketch(existing, loaded, device)
+        elif existing.sketch_outputs_key is None:  # registered before output parts existed
+            _store_outputs(existing, output_sketch(loaded, device))
         return existing, False
     if repository.name_is_taken(name):
         raise NameTaken(f"the name {name!r} is already registered for other weights")
@@ -139,7 +145,7 @@ def register(
         storage_path=str(folder),
         is_candidate=candidate,
     )
-    _store_sketch(record, loaded)
+    _store_sketch(record, loaded, device)
     if repository.insert(record):
         return record, True
     # A concurrent registration won the race: answer as if we had come second.
@@ -149,13 +155,22 @@ def register(
     raise NameTaken(f"the name {name!r} is already registered for other weights")
 
 
-def _store_sketch(record: Model, loaded: LoadedModel) -> None:
-    """Compute the model's weight sketch (from the statistics stored with its files) into its
-    record."""
-    sketch = model_sketch(loaded)
+def _store_sketch(record: Model, loaded: LoadedModel, device: str) -> None:
+    """Compute the model's sketch (from the statistics stored with its files, and one forward
+    pass on ``device``) into its record."""
+    sketch = model_sketch(loaded, device, outputs=False)
     record.sketch = sketch.to_bytes()
     record.sketch_tensors = [[name, length] for name, length in sketch.keys]
     record.sketch_layout = sketch.layout
+    _store_outputs(record, output_sketch(loaded, device))
+
+
+def _store_outputs(record: Model, part: tuple[str, np.ndarray] | None) -> None:
+    """The output part of a sketch (``output_sketch``) into its record; a model without one
+    is marked as such (an empty key), so that registering it again does not try again."""
+    key, vector = part if part is not None else ("", None)
+    record.sketch_outputs_key = key
+    record.sketch_outputs = None if vector is None else vector.astype("<f4").tobytes()
 
 
 def get_by_name(session: Session, name: str) -> Model:
@@ -192,25 +207,39 @@ def candidates(session: Session, child: Model, shortlist_size: int) -> Candidate
 
     Filtered in SQL to the child's architecture and to models without one (weights alone may
     still match; a child without an architecture meets every catalog parent). When more than
-    ``shortlist_size`` remain (0: no shortlist), only the ``shortlist_size`` whose weight sketches
-    are nearest the child's are kept (``app.engine.sketch``), and those without a sketch.
+    ``shortlist_size`` remain (0: no shortlist), only the ``shortlist_size`` whose sketches are
+    nearest the child's are kept (``app.engine.sketch``), and those without a sketch. Choosing
+    them reads the candidates' sketches alone (one streamed query, not their records), compares
+    them a batch at a time as they are read, and loads the records of those kept.
     """
     repository = ModelRepository(session)
-    shortlisting = shortlist_size > 0 and child.sketch is not None
-    catalog = repository.candidates(child.id, child.architecture, with_sketches=shortlisting)
-    if not shortlisting or len(catalog) <= shortlist_size:
+    if shortlist_size <= 0 or child.sketch is None:
+        catalog = repository.candidates(child.id, child.architecture)
         return Candidates(catalog, len(catalog))
-    layouts = {m.sketch_layout for m in catalog if m.sketch is not None} | {child.sketch_layout}
-    keys = {k: stored_keys(v) for k, v in repository.sketch_layouts(layouts).items()}
-    sketches = [
-        Sketch.from_stored(keys[m.sketch_layout], m.sketch, m.sketch_layout)
-        if m.sketch is not None
-        else None
-        for m in catalog
-    ]
-    own = Sketch.from_stored(keys[child.sketch_layout], child.sketch, child.sketch_layout)
-    kept = sorted(shortlist(own, sketches, shortlist_size))
-    return Candidates([catalog[i] for i in kept], len(catalog))
+    layouts = repository.sketch_layouts({child.sketch_layout})
+    own = Sketch.from_stored(
+        stored_keys(layouts[child.sketch_layout]),
+        child.sketch,
+        child.sketch_layout,
+        child.sketch_outputs,
+        child.sketch_outputs_key,
+    )
+    ids: list[int] = []  # in the order the rows come
+    scan = SketchScan(own)
+    for row in repository.candidate_sketches(child.id, child.architecture):
+        scan.add(
+            len(ids), row.sketch_layout, row.sketch, row.sketch_outputs_key, row.sketch_outputs
+        )
+        ids.append(row.id)
+    if len(ids) <= shortlist_size:
+        return Candidates(repository.by_ids(ids), len(ids))
+    more = repository.sketch_layouts(scan.unknown_layouts())
+    distances, present = scan.finish(
+        len(ids), {layout: stored_keys(keys) for layout, keys in more.items()}
+    )
+    oldest_first = np.argsort(ids, kind="stable")  # ties go to the oldest, as in a list
+    kept = nearest(distances[oldest_first], present[oldest_first], shortlist_size)
+    return Candidates(repository.by_ids([ids[oldest_first[i]] for i in kept]), len(ids))
 
 
 def catalog_names(session: Session, names: list[str]) -> dict[str, str]:
