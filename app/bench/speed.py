@@ -93,6 +93,18 @@ def _status_kb(field: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def _release_free_memory() -> None:
+    """Hand the allocator's free pages back to the system (glibc's ``malloc_trim``), so that the
+    resident size at a measurement's start is what is in use, and the measurement's own
+    allocations raise the high-water mark instead of reusing pages an earlier step left."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reset_peak() -> bool:
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -114,6 +126,7 @@ def measure(run: Callable[[], object], repeats: int = 1) -> Measured:
     seconds, peaks, value = [], [], None
     for _ in range(repeats):
         gc.collect()
+        _release_free_memory()
         resettable = _reset_peak()
         start_kb = _status_kb("VmRSS")
         started = time.perf_counter()
@@ -209,11 +222,15 @@ def build_family(root: Path, size: str, candidates: int, log: Log) -> tuple[Stor
     log(f"building {candidates + 1} {size} models")
     base = _random_state(config, 0, torch.bfloat16) if half else initial_state(config, 0)
     stored = []
+
+    def same_dtypes(state):  # noise is float32: back to the stored dtype (bf16 stays bf16)
+        return {k: v.to(base[k].dtype) for k, v in state.items()}
+
     for i in range(candidates):
-        state = noisy_copy(base, 0.05, seed=100 + i)
+        state = same_dtypes(noisy_copy(base, 0.05, seed=100 + i))
         stored.append(_store(root / f"{size}-p{i}", f"p{i}", state, config, half))
         if i == 0:
-            child_state = noisy_copy(state, 0.01, seed=1)
+            child_state = same_dtypes(noisy_copy(state, 0.01, seed=1))
         del state
     child = _store(root / f"{size}-child", "child", child_state, config, half)
     return child, stored
@@ -324,8 +341,15 @@ def _pair_rows(
     opened = child.open()
     parameters = opened.num_parameters
     largest = max(i.numel * DTYPE_SIZES[i.dtype] for i in opened.weights.infos.values())
-    label = f"{parameters / 1e6:,.1f} M" if parameters < 1e9 else f"{parameters / 1e9:.2f} B"
-    dtype = " (bf16)" if size in HALF else ""
+    label = (
+        f"{parameters / 1e3:,.1f} k"
+        if parameters < 1e6
+        else f"{parameters / 1e6:,.1f} M"
+        if parameters < 1e9
+        else f"{parameters / 1e9:.2f} B"
+    )
+    stored = {i.dtype for i in opened.weights.infos.values() if i.is_float}
+    dtype = f" ({', '.join(sorted(stored)).lower()})"
     methods = WEIGHT_METHODS if size in WEIGHT_ONLY else PAIR_METHODS
     rows = [("floor: read both models' weights once", measure(_floor([child, parent]), repeats))]
     for method in methods:
@@ -338,7 +362,7 @@ def _pair_rows(
         reference = _reference_row(child, parent, repeats)
         rows.append(("reference approach to `taylor-l2` (autograd, one backward)", reference))
     return [
-        f"| {size}{dtype} | {label} | {largest / 2**20:,.0f} MB | {method} | "
+        f"| {size}{dtype} | {label} | {largest / 2**20:,.1f} MB | {method} | "
         f"{result.seconds:.3f} | {_mb(result.peak_mb)} |"
         for method, result in rows
     ]

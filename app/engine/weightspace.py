@@ -128,11 +128,11 @@ def weight_evidence(
                 )
             stacked = block[:, :width].to(device)
             mine = child.weights.read_block(name, begin, end).to(device, torch.float32)
-            diff = stacked - mine
-            d_sq += diff.pow(2).sum(1).double().cpu()
+            # norms rather than squares and sums: no (K, n) temporary beyond the difference
+            d_sq += torch.linalg.vector_norm(stacked - mine, dim=1).double().cpu().pow(2)
             dot += (stacked @ mine).double().cpu()
-            p_sq += stacked.pow(2).sum(1).double().cpu()
-            c_sq += float(mine.pow(2).sum())
+            p_sq += torch.linalg.vector_norm(stacked, dim=1).double().cpu().pow(2)
+            c_sq += float(torch.linalg.vector_norm(mine)) ** 2
             if shared:
                 centre = stacked.mean(0)
                 spread += (stacked - centre).pow(2).sum(1).double().cpu()
