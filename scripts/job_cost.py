@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from app.bench.speed import HeldJobs
 from app.core.config import Settings
 from app.core.db import make_engine, migrate, session_factory, transaction
 from app.detection import service as detection
@@ -40,20 +41,6 @@ SIZES = {
         "intermediate_size": 1024,
     },
 }
-
-
-class HeldJobs:
-    """A dispatcher that holds the jobs handed to it, for the caller to run when it chooses
-    (here, in this process, step by step)."""
-
-    def __init__(self) -> None:
-        self.jobs: list[str] = []
-
-    def enqueue(self, job_id: str) -> None:
-        self.jobs.append(job_id)
-
-    def close(self) -> None:
-        pass
 
 
 def bert_state(size: str, seed: int) -> tuple[dict[str, torch.Tensor], dict]:

@@ -15,6 +15,9 @@ from app.engine.methods import PairContext, batch_parent_outputs
 from app.engine.model_files import load_model, save_model
 from app.engine.training import initial_state, noisy_copy
 from tests.factories import TINY_CNN_CONFIG
+from tests.test_transformers_models import BERT as BERT_SIZES
+
+BERT = {"model_type": "bert", **BERT_SIZES}
 
 CONFIG = {"model_type": "lineage-mlp", "sizes": [24, 48, 10], "activation": "relu"}
 
@@ -150,17 +153,6 @@ def test_blocks_read_what_the_file_holds(catalog):
     whole = child.weights[name].flatten()
     assert torch.equal(child.weights.read_block(name, 5, 301), whole[5:301])
     assert child.weights.read_block(name, 7, 7).numel() == 0
-
-
-BERT = {
-    "model_type": "bert",
-    "vocab_size": 64,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "max_position_embeddings": 32,
-}
 
 
 @pytest.mark.parametrize("config", [CONFIG, TINY_CNN_CONFIG, BERT], ids=["mlp", "cnn", "bert"])

@@ -367,7 +367,8 @@ def plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _machine(device: str) -> str:
+def machine(device: str) -> str:
+    """The machine, in words: CPU model, cores available, device, Python and torch."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -453,7 +454,7 @@ def render(
         "",
         "Regenerate from scratch (zoos, calibration, scores, this page and its plot) with "
         f"`make bench`, which removes the old zoos and runs `{command}`.",
-        f"Measured on {date.today().isoformat()}: {_machine(first['device'])}. "
+        f"Measured on {date.today().isoformat()}: {machine(first['device'])}. "
         f"This run took {wall_seconds / 60:.1f} min in all ({build / 60:.1f} min training "
         f"zoos, {scoring / 60:.1f} min scoring, for the reported zoos).",
         "",

@@ -29,8 +29,6 @@ from __future__ import annotations
 import gc
 import json
 import math
-import os
-import platform
 import re
 import statistics
 import tempfile
@@ -43,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.bench import report
 from app.engine.architectures import build_network, open_trusted
 from app.engine.decision import rank_candidates
 from app.engine.errors import InvalidArgument
@@ -139,22 +138,11 @@ def measure(run: Callable[[], object], repeats: int = 1) -> Measured:
 
 
 def machine(device: str) -> str:
-    """The machine, in words: CPU model and cores, torch and its threads, the device."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads)"
-    )
+    """The machine, in words (``report.machine``), with torch's threads and the GPU's name."""
+    text = f"{report.machine(device)} ({torch.get_num_threads()} threads)"
     if device.startswith("cuda") and torch.cuda.is_available():
         text += f", {torch.cuda.get_device_name(torch.device(device))}"
-    return text + f", device {device}"
+    return text
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -407,7 +395,7 @@ def _remove(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-class _HeldJobs:
+class HeldJobs:
     """A dispatcher that keeps the jobs handed to it for this process to run step by step."""
 
     def __init__(self) -> None:
@@ -466,7 +454,7 @@ def catalog(
         with transaction(factory) as session:
             real = list(session.query(Model).all())
             _fill(session, real, size - len(real))
-        dispatcher = _HeldJobs()
+        dispatcher = HeldJobs()
 
         def submit(dispatcher=dispatcher, settings=settings, factory=factory) -> str:
             # the same child every time: its record is reused, each call queues a new job
