@@ -380,6 +380,34 @@ def validate_architecture(model: LoadedModel) -> None:
     _state_plan(network, model, strict_head=True)
 
 
+def _misfit(parent: LoadedModel, child: LoadedModel, exc: ShapeMismatch) -> IncompatibleModels:
+    return IncompatibleModels(
+        f"{child.name} does not fit the architecture of {parent.name}: {exc.message}"
+    )
+
+
+def pair_head_fits(network: Network, parent: LoadedModel, child: LoadedModel) -> bool:
+    """Whether f may include the head (``pair_states``' third value), from the weights' headers
+    alone: no tensor is read. Raises as ``pair_states`` does when a model does not fit."""
+    _, parent_head = _state_plan(network, parent, strict_head=True)
+    try:
+        _, child_head = _state_plan(network, child, strict_head=False)
+    except ShapeMismatch as exc:
+        raise _misfit(parent, child, exc) from None
+    return parent_head and child_head
+
+
+def child_state(
+    network: Network, parent: LoadedModel, child: LoadedModel, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """The child's state in the parent's network (``pair_states``' second value, without
+    building the parent's); the child keeps its float32 copy."""
+    try:
+        return model_state(network, child, device, strict_head=False)[0]
+    except ShapeMismatch as exc:
+        raise _misfit(parent, child, exc) from None
+
+
 def pair_states(
     network: Network, parent: LoadedModel, child: LoadedModel, device: torch.device | str = "cpu"
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], bool]:
@@ -389,9 +417,7 @@ def pair_states(
     try:
         child_state, child_head = model_state(network, child, device, strict_head=False)
     except ShapeMismatch as exc:
-        raise IncompatibleModels(
-            f"{child.name} does not fit the architecture of {parent.name}: {exc.message}"
-        ) from None
+        raise _misfit(parent, child, exc) from None
     return parent_state, child_state, parent_head and child_head
 
 

@@ -285,8 +285,9 @@ def rank_candidates(
             skipped.append(Skipped(parent.name, exc.message))
     outward = None
     wants_outward = combined and DIRECTION in calibration["auto"]["noise"] and len(comparable) > 2
-    weight_based = combined or get_method(method).kind is MethodKind.WEIGHT
-    if batched and weight_based and comparable:
+    # auto uses every candidate's relative distance (and outward ratios) whatever its components
+    streams = combined or any(get_method(m).streams_weights for m in components)
+    if batched and streams and comparable:
         # One pass over the child's tensors against every candidate's (see weight_evidence).
         outward = weightspace.cache_weight_evidence(
             comparable, child, device, outward=wants_outward

@@ -35,7 +35,9 @@ from app.engine.architectures import (
     Network,
     Subnetwork,
     build_network,
+    child_state,
     function_subnetwork,
+    pair_head_fits,
     pair_states,
 )
 from app.engine.calibration import taylor_alpha
@@ -123,25 +125,37 @@ class PairContext:
 
     @cached_property
     def delta(self) -> dict[str, torch.Tensor]:
-        parent_state, child_state, use_head = self.states
-        return parameter_delta(self.network, parent_state, child_state, use_head)
+        parent_state, child_weights, use_head = self.states
+        return parameter_delta(self.network, parent_state, child_weights, use_head)
+
+    @cached_property
+    def use_head(self) -> bool:
+        """Whether f includes the head: ``states``' third value, from the headers when the
+        states are not built."""
+        if "states" in self.__dict__:
+            return self.states[2]
+        return pair_head_fits(self.network, self.parent, self.child)
 
     @cached_property
     def child_output(self) -> torch.Tensor:
         """f_c on the probes; the same for every candidate of one architecture, so it is kept on
-        the child and computed once per (architecture, head use, probes, device)."""
-        _, child_state, use_head = self.states
+        the child and computed once per (architecture, head use, probes, device). Needs the
+        child's state only, not the parent's."""
         key = (
             "output",
             json.dumps(self.network.config, sort_keys=True),
-            use_head,
+            self.use_head,
             self.num_probes,
             self.probe_seed,
             str(self.device),
         )
         if key not in self.child.cache:
+            if "states" in self.__dict__:
+                state = self.states[1]
+            else:
+                state = child_state(self.network, self.parent, self.child, self.device)
             with torch.no_grad():
-                self.child.cache[key] = self.network.output(child_state, self.probes, use_head)
+                self.child.cache[key] = self.network.output(state, self.probes, self.use_head)
         return self.child.cache[key]  # (N, K)
 
     @cached_property
@@ -218,12 +232,10 @@ def batch_parent_outputs(contexts: list[PairContext], max_bytes: int = FUNCTION_
     groups: dict[tuple[int, bool], list[PairContext]] = {}
     for ctx in contexts:
         try:
-            key = (id(ctx.network), ctx.states[2])
+            key = (id(ctx.network), ctx.use_head)  # from the headers: nothing read yet
         except (IncompatibleModels, InvalidConfig):
             continue
-        ctx.child_output  # noqa: B018 (computed once per child, before the states are dropped)
         groups.setdefault(key, []).append(ctx)
-        del ctx.__dict__["states"]  # built again chunk by chunk below
     filled = 0
     for (_, use_head), members in groups.items():
         network = members[0].network
@@ -282,8 +294,9 @@ class Method:
     """A named method of one kind.
 
     A pairwise method has ``score`` (higher = more likely the parent); ``distance``: that score
-    is −D for a distance D ≥ 0. A method of another kind ranks the whole candidate set and has
-    no ``score``.
+    is −D for a distance D ≥ 0; ``streams_weights``: the score reads ``PairContext.weights``
+    (every weight of the pair), which a ranking of many candidates computes in one batched pass.
+    A method of another kind ranks the whole candidate set and has no ``score``.
     """
 
     name: str
@@ -291,6 +304,7 @@ class Method:
     description: str
     score: Callable[[PairContext], float] | None = None
     distance: bool = False
+    streams_weights: bool = False
 
     def __post_init__(self) -> None:
         if (self.score is not None) != (self.kind in PAIRWISE_KINDS):
@@ -377,6 +391,7 @@ def _build_registry() -> dict[str, Method]:
             "−‖θ_c − θ_p‖₂ over tensors of equal name and shape",
             lambda ctx: -ctx.weights.l2,
             True,
+            streams_weights=True,
         )
     )
     add(
@@ -386,6 +401,7 @@ def _build_registry() -> dict[str, Method]:
             "mean per-tensor cosine of θ_c and θ_p",
             lambda ctx: ctx.weights.cosine,
             False,
+            streams_weights=True,
         )
     )
     add(
