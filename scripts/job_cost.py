@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from app.bench.speed import HeldJobs
+from app.bench.speed import HeldJobs, upload
 from app.core.config import Settings
 from app.core.db import make_engine, migrate, session_factory, transaction
 from app.detection import service as detection
@@ -52,12 +52,6 @@ def bert_state(size: str, seed: int) -> tuple[dict[str, torch.Tensor], dict]:
     model = BertModel(config)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     return state, {**config.to_dict(), "model_type": "bert"}
-
-
-def upload(folder: Path, stack: ExitStack) -> registry.Upload:
-    return registry.Upload(
-        [(p.name, stack.enter_context(open(p, "rb"))) for p in sorted(folder.iterdir())]
-    )
 
 
 def main() -> None:

@@ -395,6 +395,15 @@ def _remove(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def upload(folder: Path, stack: ExitStack):
+    """A model folder's files as ``POST /parents`` receives them (``registry.Upload``), each
+    opened in ``stack``; hidden folders (the stored statistics) are not files and stay out."""
+    from app.registry.service import Upload
+
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    return Upload([(p.name, stack.enter_context(open(p, "rb"))) for p in files])
+
+
 class HeldJobs:
     """A dispatcher that keeps the jobs handed to it for this process to run step by step."""
 
@@ -443,14 +452,8 @@ def catalog(
         log(f"catalog of {size}: registering")
         with ExitStack() as stack, transaction(factory) as session:
             for stored in parents[: min(size, family)]:
-                files = [
-                    (p.name, stack.enter_context(open(p, "rb")))
-                    for p in sorted(stored.folder.iterdir())
-                    if p.is_file()
-                ]
-                registry.ingest(
-                    session, settings, registry.Upload(files), name=stored.name, candidate=True
-                )
+                files = upload(stored.folder, stack)
+                registry.ingest(session, settings, files, name=stored.name, candidate=True)
         with transaction(factory) as session:
             real = list(session.query(Model).all())
             _fill(session, real, size - len(real))
@@ -459,13 +462,8 @@ def catalog(
         def submit(dispatcher=dispatcher, settings=settings, factory=factory) -> str:
             # the same child every time: its record is reused, each call queues a new job
             with ExitStack() as stack, transaction(factory) as session:
-                files = [
-                    (p.name, stack.enter_context(open(p, "rb")))
-                    for p in sorted(child.folder.iterdir())
-                    if p.is_file()
-                ]
-                upload = registry.Upload(files)
-                detection.submit(session, settings, dispatcher, upload, name="child", method=method)
+                files = upload(child.folder, stack)
+                detection.submit(session, settings, dispatcher, files, name="child", method=method)
             return dispatcher.jobs[-1]
 
         for label, shortlist in (("on", shortlist_size), ("off", 0)):
