@@ -130,6 +130,32 @@ def test_one_by_one_equals_batched(catalog):
         assert alone.cosine == pytest.approx(pair.cosine, rel=1e-6)
 
 
+def test_stored_norms_give_the_same_evidence(catalog):
+    """Registered candidates' norms come from their stored statistics instead of their blocks;
+    the evidence is the plain arithmetic's either way, with some candidates stored and some not."""
+    child, candidates = catalog
+    fresh = []
+    for number, candidate in enumerate(candidates):
+        reopened = load_model(candidate.path, candidate.name)
+        if number % 2 == 0:
+            weightspace.save_statistics(reopened, candidate.path)
+            reopened = load_model(candidate.path, candidate.name)
+            assert weightspace.load_statistics(reopened, candidate.path)
+            name = next(iter(reopened.weights.infos))
+            stored = weightspace.stored_squared_norm(reopened, name)
+            assert stored == pytest.approx(float(reopened.weights[name].double().pow(2).sum()))
+        fresh.append(reopened)
+    evidence, _ = weightspace.weight_evidence(fresh, load_model(child.path, "child"))
+    for candidate, pair in zip(fresh, evidence, strict=True):
+        l2, cos, norm = _plain(candidate, child)
+        assert pair.l2 == pytest.approx(l2, rel=1e-5)
+        assert pair.cosine == pytest.approx(cos, rel=1e-5)
+        assert pair.parent_norm == pytest.approx(norm, rel=1e-5)
+    for number, candidate in enumerate(fresh):
+        (candidate.path / weightspace.STATISTICS_FILE).unlink(missing_ok=True)
+        assert (number % 2 == 0) == ("spectrum" in candidate.cache)
+
+
 @pytest.mark.parametrize("method", ["auto", "weight-l2", "weight-cos", "weight-spectrum", "l2"])
 def test_rankings_are_identical(catalog, method, tmp_path):
     child_model, candidates = catalog

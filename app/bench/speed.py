@@ -45,7 +45,14 @@ from app.bench import report
 from app.engine.architectures import build_network, open_trusted
 from app.engine.decision import rank_candidates
 from app.engine.errors import InvalidArgument
-from app.engine.model_files import DTYPE_SIZES, INDEX_NAME, LoadedModel, load_model, save_model
+from app.engine.model_files import (
+    DTYPE_SIZES,
+    INDEX_NAME,
+    TORCH_DTYPES,
+    LoadedModel,
+    load_model,
+    save_model,
+)
 from app.engine.training import initial_state, noisy_copy
 from app.engine.weightspace import save_statistics
 
@@ -225,13 +232,19 @@ def build_family(root: Path, size: str, candidates: int, log: Log) -> tuple[Stor
 
 
 def read_once(models: Iterable[LoadedModel], block: int = 1 << 22) -> int:
-    """Read every tensor's bytes once through the engine's reader, a block at a time (the floor
-    of any method that looks at every weight); returns the bytes read."""
+    """Read every tensor's bytes once through the engine's reader, ``block`` elements at a time
+    into one reused buffer (the floor of any method that looks at every weight); returns the
+    bytes read."""
     total = 0
+    buffer = torch.empty(block * max(DTYPE_SIZES.values()), dtype=torch.uint8)
     for model in models:
         for name, info in model.weights.infos.items():
-            for start in range(0, info.numel, block):
-                part = model.weights.read_block(name, start, min(start + block, info.numel))
+            dtype = TORCH_DTYPES[info.dtype]
+            count = block
+            target = buffer.view(dtype)
+            for start in range(0, info.numel, count):
+                stop = min(start + count, info.numel)
+                part = model.weights.read_into(name, start, stop, target[: stop - start])
                 total += part.numel() * part.element_size()
     return total
 

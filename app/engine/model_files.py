@@ -20,6 +20,7 @@ import json
 import math
 import os
 import struct
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -211,8 +212,13 @@ class LazyWeights(Mapping[str, torch.Tensor]):
     def __init__(self, infos: dict[str, TensorInfo]):
         self.infos = infos
         self._files: dict[Path, object] = {}
+        self._lock = threading.Lock()
 
     def _fileno(self, file: Path) -> int:
+        with self._lock:  # a streaming reader may prefetch from another thread
+            return self._open(file)
+
+    def _open(self, file: Path) -> int:
         if file not in self._files:
             try:
                 self._files[file] = file.open("rb", buffering=0)
@@ -222,19 +228,33 @@ class LazyWeights(Mapping[str, torch.Tensor]):
 
     def read_block(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Elements ``start:stop`` of tensor ``name`` flattened (row-major), stored dtype."""
+        out = torch.empty(max(stop - start, 0), dtype=TORCH_DTYPES[self.infos[name].dtype])
+        return self.read_into(name, start, stop, out)
+
+    def read_into(self, name: str, start: int, stop: int, out: torch.Tensor) -> torch.Tensor:
+        """Read elements ``start:stop`` of tensor ``name`` (flattened, row-major) straight into
+        ``out``: a contiguous CPU tensor of the stored dtype and ``stop - start`` elements, which
+        a streaming caller reuses from block to block (no allocation, no copy). Returns ``out``."""
         info = self.infos[name]
+        if out.dtype != TORCH_DTYPES[info.dtype] or out.numel() != stop - start:
+            raise ValueError(
+                f"read_into: {name!r} needs {stop - start} elements of {info.dtype}, "
+                f"got {out.numel()} of {out.dtype}"
+            )
+        if not out.is_contiguous() or out.device.type != "cpu":
+            raise ValueError("read_into: the target must be a contiguous CPU tensor")
+        if not out.numel():
+            return out
         size = DTYPE_SIZES[info.dtype]
-        buffer = bytearray((stop - start) * size)
-        if not buffer:
-            return torch.empty(0, dtype=TORCH_DTYPES[info.dtype])
-        view, position = memoryview(buffer), info.offset + start * size
+        view = memoryview(out.view(torch.uint8).numpy()).cast("B")
+        position = info.offset + start * size
         fd = self._fileno(info.file)
         while view:
             got = os.preadv(fd, [view], position)
             if got == 0:
                 raise TruncatedFile(f"{info.file.name}: tensor {name!r} ends past the file's end")
             view, position = view[got:], position + got
-        return torch.frombuffer(buffer, dtype=TORCH_DTYPES[info.dtype])
+        return out
 
     def __getitem__(self, name: str) -> torch.Tensor:
         info = self.infos[name]

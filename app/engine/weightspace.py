@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from app.engine.errors import IncompatibleModels
-from app.engine.model_files import LoadedModel
+from app.engine.model_files import TORCH_DTYPES, LoadedModel
 
 
 def matched_tensors(parent: LoadedModel, child: LoadedModel) -> list[tuple[str, str]]:
@@ -82,6 +83,97 @@ class PairWeights:
         return self.l2 / max(self.parent_norm, 1e-30)
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One streaming step: elements ``begin:end`` of the child's tensor ``name`` and of the
+    corresponding tensor of each candidate in ``members``."""
+
+    name: str
+    members: tuple[int, ...]
+    begin: int
+    end: int
+    shared: bool  # every candidate has the tensor (the outward ratios use it)
+    last: bool  # the tensor's last block
+
+
+class _Reader:
+    """Reads a step's blocks into one of two reusable float32 buffers, so that the next step
+    can be read (positioned reads release the GIL) while this one is compared."""
+
+    def __init__(self, candidates, child, matches, size: int):
+        self.candidates, self.child, self.matches = candidates, child, matches
+        self.buffers = [torch.empty(size, dtype=torch.float32) for _ in range(2)]
+        self.scratch: list[dict[torch.dtype, torch.Tensor]] = [{}, {}]
+        self.turn = 0
+
+    def _into(self, weights, name: str, begin: int, end: int, row, slot: int) -> None:
+        stored = TORCH_DTYPES[weights.infos[name].dtype]
+        if stored == torch.float32:
+            weights.read_into(name, begin, end, row)
+            return
+        scratch = self.scratch[slot].get(stored)
+        if scratch is None or scratch.numel() < row.numel():
+            scratch = self.scratch[slot][stored] = torch.empty(row.numel(), dtype=stored)
+        row.copy_(weights.read_into(name, begin, end, scratch[: row.numel()]))
+
+    def read(self, step: _Step) -> tuple[torch.Tensor, torch.Tensor]:
+        """(stacked candidates' blocks (len(members), width), the child's block (width,))."""
+        slot, self.turn = self.turn, 1 - self.turn
+        width = step.end - step.begin
+        flat = self.buffers[slot][: (len(step.members) + 1) * width]
+        stacked, mine = flat[:-width].view(len(step.members), width), flat[-width:]
+        for row, i in enumerate(step.members):
+            name = self.matches[i][step.name]
+            self._into(self.candidates[i].weights, name, step.begin, step.end, stacked[row], slot)
+        self._into(self.child.weights, step.name, step.begin, step.end, mine, slot)
+        return stacked, mine
+
+
+def _steps(child: LoadedModel, matches: list[dict], outward: bool, budget: int) -> list[_Step]:
+    steps = []
+    for name, info in child.weights.infos.items():
+        members = tuple(i for i, m in enumerate(matches) if name in m)
+        if not members:
+            continue
+        shared = outward and len(members) == len(matches)
+        width = max(budget // (len(members) + 1), MIN_BLOCK)
+        for begin in range(0, info.numel, width):
+            end = min(begin + width, info.numel)
+            steps.append(_Step(name, members, begin, end, shared, end == info.numel))
+    return steps
+
+
+# Columns compared per in-place pass: the difference and its norm stay close in cache, and the
+# float32 sums stay short (float64 across chunks).
+CHUNK = 1 << 17
+
+
+def _squared_norms(rows: torch.Tensor) -> torch.Tensor:
+    """‖row‖² of each row, float64 on the CPU, summed chunk by chunk."""
+    total = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
+    for begin in range(0, rows.shape[1], CHUNK):
+        part = torch.linalg.vector_norm(rows[:, begin : begin + CHUNK], dim=1).double()
+        total += part.pow(2)
+    return total.cpu()
+
+
+def _squared_distances(stacked: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
+    """‖row − mine‖² of each row of ``stacked``, float64 on the CPU; ``stacked`` is overwritten
+    with the differences (in place, chunk by chunk: no temporary the size of the block)."""
+    total = torch.zeros(stacked.shape[0], dtype=torch.float64, device=stacked.device)
+    for begin in range(0, stacked.shape[1], CHUNK):
+        part = stacked[:, begin : begin + CHUNK].sub_(mine[begin : begin + CHUNK])
+        total += torch.linalg.vector_norm(part, dim=1).double().pow(2)
+    return total.cpu()
+
+
+def stored_squared_norm(model: LoadedModel, name: str) -> float | None:
+    """‖θ^name‖² from the statistics registration stored (Σσ² = ‖W‖²_F; Σv² of the sorted
+    values), or None where the model has none loaded."""
+    statistics = model.cache.get("spectrum", {}).get(name)
+    return None if statistics is None else float(statistics.pow(2).sum())
+
+
 def weight_evidence(
     candidates: list[LoadedModel],
     child: LoadedModel,
@@ -94,11 +186,15 @@ def weight_evidence(
     tensors; with ``outward``, also ``outward_log_ratios`` (else None).
 
     For each of the child's tensors, the same block of elements is read from the child once and
-    from every candidate that has the tensor (``matched_tensors``), stacked, and compared in one
-    vectorised step on ``device``. Nothing else is held: memory is bounded by ``block_budget``
-    float32 elements (and the arithmetic's temporaries), not by the models' or the largest
-    tensor's size. Sums are float32 within a block and float64 across blocks. One candidate
-    alone is the one-by-one path; it computes the same sums in the same order.
+    from every candidate that has the tensor (``matched_tensors``), straight into a reused
+    float32 buffer, and compared in one vectorised step on ``device``, in place: the candidates'
+    distances to the child, chunk by chunk. Their norms come from the statistics registration
+    stored (else from the blocks), and the dot products from norms and distances, so each
+    element is read once.
+    The next step's blocks are read by a second thread meanwhile. Nothing else is held: memory
+    is bounded by two buffers of ``block_budget`` float32 elements, not by the models' or the
+    largest tensor's size. Sums are float32 within a block and float64 across blocks. One
+    candidate alone is the one-by-one path; it computes the same sums in the same order.
     """
     matches = [{c: p for p, c in matched_tensors(k, child)} for k in candidates]
     count = len(candidates)
@@ -108,42 +204,46 @@ def weight_evidence(
     tensors = torch.zeros(count, dtype=torch.float64)
     spread = torch.zeros(count, dtype=torch.float64)  # Σ ‖θ_k − θ̄‖² over shared tensors
     child_spread = 0.0
-    for name, info in child.weights.infos.items():
-        members = [i for i, m in enumerate(matches) if name in m]
-        if not members:
-            continue
-        shared = outward and len(members) == count
-        step = max(block_budget // (len(members) + 1), MIN_BLOCK)
-        dot = torch.zeros(len(members), dtype=torch.float64)
-        p_sq = torch.zeros(len(members), dtype=torch.float64)
-        c_sq = 0.0
-        d_sq = torch.zeros(len(members), dtype=torch.float64)
-        block = torch.empty((len(members), min(step, info.numel)), dtype=torch.float32)
-        for begin in range(0, info.numel, step):
-            end = min(begin + step, info.numel)
-            width = end - begin
-            for row, i in enumerate(members):
-                block[row, :width].copy_(
-                    candidates[i].weights.read_block(matches[i][name], begin, end)
-                )
-            stacked = block[:, :width].to(device)
-            mine = child.weights.read_block(name, begin, end).to(device, torch.float32)
-            # norms rather than squares and sums: no (K, n) temporary beyond the difference
-            d_sq += torch.linalg.vector_norm(stacked - mine, dim=1).double().cpu().pow(2)
-            dot += (stacked @ mine).double().cpu()
-            p_sq += torch.linalg.vector_norm(stacked, dim=1).double().cpu().pow(2)
+    steps = _steps(child, matches, outward, block_budget)
+    size = max(((len(s.members) + 1) * (s.end - s.begin) for s in steps), default=0)
+    reader = _Reader(candidates, child, matches, size)
+    p_sq = d_sq = stored = None
+    c_sq = 0.0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="weights") as pool:
+        pending = pool.submit(reader.read, steps[0]) if steps else None
+        for number, step in enumerate(steps):
+            stacked, mine = pending.result()
+            if number + 1 < len(steps):
+                pending = pool.submit(reader.read, steps[number + 1])
+            if p_sq is None:  # the tensor's first block
+                stored = [
+                    stored_squared_norm(candidates[i], matches[i][step.name]) for i in step.members
+                ]
+                p_sq = torch.tensor([0.0 if v is None else v for v in stored], dtype=torch.float64)
+                d_sq = torch.zeros(len(step.members), dtype=torch.float64)
+            stacked, mine = stacked.to(device), mine.to(device)
+            for row, value in enumerate(stored):
+                if value is None:  # no stored statistics: the norm from this block
+                    p_sq[row] += float(torch.linalg.vector_norm(stacked[row])) ** 2
             c_sq += float(torch.linalg.vector_norm(mine)) ** 2
-            if shared:
+            d_sq += _squared_distances(stacked, mine)  # stacked now holds θ_k − θ_c
+            if step.shared:
+                # θ_k − θ̄ = d_k − d̄ and θ_c − θ̄ = −d̄, with d_k = θ_k − θ_c
                 centre = stacked.mean(0)
-                spread += (stacked - centre).pow(2).sum(1).double().cpu()
-                child_spread += float((mine - centre).pow(2).sum())
-        index = torch.tensor(members)
-        squared[index] += d_sq
-        parent_squared[index] += p_sq
-        # cos as torch's cosine_similarity computes it: norms floored at 1e-8
-        norms = p_sq.sqrt().clamp_min(1e-8) * max(c_sq**0.5, 1e-8)
-        cosines[index] += dot / norms
-        tensors[index] += 1
+                child_spread += float(torch.linalg.vector_norm(centre)) ** 2
+                spread += _squared_norms(stacked.sub_(centre))
+            if step.last:
+                index = torch.tensor(step.members)
+                squared[index] += d_sq
+                parent_squared[index] += p_sq
+                # cos as torch's cosine_similarity computes it (norms floored at 1e-8), from
+                # θ_k·θ_c = (‖θ_k‖² + ‖θ_c‖² − ‖θ_k − θ_c‖²) / 2
+                dot = (p_sq + c_sq - d_sq) / 2
+                norms = p_sq.sqrt().clamp_min(1e-8) * max(c_sq**0.5, 1e-8)
+                cosines[index] += dot / norms
+                tensors[index] += 1
+                p_sq = d_sq = stored = None
+                c_sq = 0.0
     evidence = [
         PairWeights(
             float(squared[i].sqrt()),
