@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from app.api.app import create_app
 from app.bench.zoo import distillation
 from app.core.config import Settings
-from app.core.db import make_engine, migrate, session_factory, transaction
+from app.core.db import downgrade, make_engine, migrate, session_factory, transaction
 from app.engine import weightspace
 from app.engine.architectures import build_network
 from app.engine.model_files import load_model, save_model
@@ -46,6 +46,7 @@ from app.engine.training import (
     train,
 )
 from app.registry import service as registry
+from app.registry import shortlist as shortlists
 from app.registry.models import Model
 from worker.dispatch import dispatcher_for
 
@@ -409,13 +410,85 @@ def test_the_catalog_is_shortlisted_as_its_sketches_would_be_in_memory(database_
                     sketch_outputs_key=None if item is None else item.outputs_key or "",
                 )
             )
-    with factory() as session:
-        child = registry.get_by_name(session, "m0")
-        found = registry.candidates(session, child, 16)
-        names = [m.name for m in found.models]
-    engine.dispose()
     expected = sorted(shortlist(own, catalog, 16))
     assert expected == sorted(reference_shortlist(own, catalog, 16))
-    assert names == [f"m{i + 1}" for i in expected]
     assert [i for i in expected if catalog[i] is own] == [i for i in range(200) if i % 10 == 7][:16]
-    assert found.catalog_size == 200 and len(names) == 16 + catalog.count(None)
+    sketched = 200 - catalog.count(None)
+    # the worker's index kept every sketch, or (a small bound) some, the rest compared as read;
+    # each twice: read into the index, then from it
+    for bound in (None, 50 * own.rows.nbytes):
+        shortlists.forget_indexes()
+        with factory() as session:
+            index = shortlists.index_for(session)
+            if bound is not None:
+                index.max_bytes = bound
+            child = registry.get_by_name(session, "m0")
+            for _ in range(2):
+                found = registry.candidates(session, child, 16)
+                assert [m.name for m in found.models] == [f"m{i + 1}" for i in expected]
+                assert found.catalog_size == 200 and len(found.models) == 16 + catalog.count(None)
+            assert (len(index) == sketched) if bound is None else (0 < len(index) < sketched / 2)
+    engine.dispose()
+    shortlists.forget_indexes()
+
+
+def test_a_kept_index_follows_the_catalog(database_url):
+    """The index keeps sketches between jobs, never which models are candidates: a model
+    registered since, or taken out of the catalog, changes the next shortlist; a database
+    recreated under the same URL, with other sketches under the same ids and digests, is never
+    answered from the old one's."""
+    rng = np.random.default_rng(1)
+    keys = tuple((f"t{i}", 8) for i in range(3))
+
+    def rows() -> np.ndarray:
+        return rng.standard_normal((len(keys), 2 * SKETCH_DIM)).astype(np.float32)
+
+    def add(session, i: int, matrix: np.ndarray, candidate: bool = True) -> None:
+        session.add(
+            Model(
+                name=f"m{i}",
+                sha256=f"{i:064x}",
+                architecture="a",
+                num_bytes=1,
+                num_parameters=1,
+                storage_path="/nowhere",
+                is_candidate=candidate,
+                sketch=matrix.astype("<f4").tobytes(),
+                sketch_tensors=[list(k) for k in keys],
+                sketch_layout=layout_of(keys),
+                sketch_outputs=None,
+                sketch_outputs_key="",
+            )
+        )
+
+    def chosen(factory) -> list[str]:
+        with factory() as session:
+            child = registry.get_by_name(session, "m0")
+            return [m.name for m in registry.candidates(session, child, 2).models]
+
+    shortlists.forget_indexes()
+    engine = make_engine(database_url)
+    factory = session_factory(engine)
+    own = rows()
+    with transaction(factory) as session:
+        add(session, 0, own, candidate=False)
+        for i in range(1, 7):  # m1 and m2 nearest
+            add(session, i, own + (0.1 * i if i < 3 else 5.0) * rows())
+    assert chosen(factory) == ["m1", "m2"]
+    with transaction(factory) as session:
+        add(session, 7, own + 0.01 * rows())  # nearer than any
+        session.execute(update(Model).where(Model.name == "m1").values(is_candidate=False))
+    assert chosen(factory) == ["m2", "m7"]
+    engine.dispose()
+    # the same URL, a new database: the far models now nearest, under the same ids and digests
+    downgrade(database_url)
+    migrate(database_url)
+    engine = make_engine(database_url)
+    factory = session_factory(engine)
+    with transaction(factory) as session:
+        add(session, 0, own, candidate=False)
+        for i in range(1, 7):
+            add(session, i, own + (0.1 * i if i >= 5 else 5.0) * rows())
+    assert chosen(factory) == ["m5", "m6"]
+    engine.dispose()
+    shortlists.forget_indexes()

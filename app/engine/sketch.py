@@ -337,47 +337,211 @@ class SketchScan:
         if rows.size != batch.rows[0].size:  # a stored sketch that does not fit its keys
             self._absent.append(position)
             return
-        tensors = batch.rows.shape[2]
-        batch.rows[len(batch.positions)] = rows.reshape(tensors, 2, SKETCH_DIM).transpose(1, 0, 2)
+        batch.rows[len(batch.positions)] = _as_halves(rows, batch.rows.shape[2])
         batch.positions.append(position)
         if len(batch.positions) == self.BATCH:
             self._flush(layout)
 
     def _aligned(self, layout: str) -> tuple[np.ndarray, np.ndarray, bool] | None:
-        """(child's rows, this layout's rows, whether the latter are all of them in order) of
-        the tensors both have, or None when they share none."""
         if layout not in self._alignment:
-            index = {key: j for j, key in enumerate(self._keys[layout])}
-            shared = [(i, index[key]) for i, key in enumerate(self.child.keys) if key in index]
-            if not shared:
-                self._alignment[layout] = None
-            else:
-                mine, theirs = (np.asarray(side) for side in zip(*shared, strict=True))
-                everything = len(theirs) == len(index) and bool(
-                    (theirs == np.arange(len(theirs))).all()
-                )
-                self._alignment[layout] = (mine, theirs, everything)
+            self._alignment[layout] = _align(self.child, self._keys[layout])
         return self._alignment[layout]
 
     def _flush(self, layout: str) -> None:
         batch = self._batches[layout]
         if not batch.positions:
             return
-        mine, theirs, everything = self._aligned(layout)
-        # (B, 2, S, D) in float32, in place: a shortlist needs an order, not digits.
         count = len(batch.positions)
-        squared = batch.rows[:count]
-        if not everything:
-            squared = squared[:, :, theirs]
-        child = self.child.rows[mine].reshape(-1, 2, SKETCH_DIM).transpose(1, 0, 2)
-        np.subtract(squared, child, out=squared)
-        np.square(squared, out=squared)
-        # Each half of each candidate is one contiguous run, summed on its own: the same rows
-        # give the same distance in any batch and at any place in it (ties stay ties, and go
-        # to the oldest candidate).
-        sums = squared.reshape(count, 2, -1).sum(axis=2)
-        self._weights.append((batch.positions, np.sqrt(sums)))
+        distances = _weight_distances(batch.rows[:count], self._aligned(layout), self.child)
+        self._weights.append((batch.positions, distances))
         batch.positions = []
+
+
+def _align(child: Sketch, keys: tuple) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """(child's rows, the layout's rows, whether the latter are all of them in order) of the
+    tensors both have, or None when they share none."""
+    index = {key: j for j, key in enumerate(keys)}
+    shared = [(i, index[key]) for i, key in enumerate(child.keys) if key in index]
+    if not shared:
+        return None
+    mine, theirs = (np.asarray(side) for side in zip(*shared, strict=True))
+    everything = len(theirs) == len(index) and bool((theirs == np.arange(len(theirs))).all())
+    return mine, theirs, everything
+
+
+def _weight_distances(
+    rows: np.ndarray, alignment: tuple[np.ndarray, np.ndarray, bool], child: Sketch
+) -> np.ndarray:
+    """(B, 2) distances of candidates' rows (B, 2, S, D) float32 to the child's aligned rows,
+    one per half; ``rows`` is overwritten (in place: a shortlist needs an order, not digits).
+    Each half of each candidate is one contiguous run, summed on its own: the same rows give the
+    same distance in any batch and at any place in it (ties stay ties, and go to the oldest)."""
+    mine, theirs, everything = alignment
+    count = rows.shape[0]
+    squared = rows if everything else rows[:, :, theirs]
+    own = child.rows[mine].reshape(-1, 2, SKETCH_DIM).transpose(1, 0, 2)
+    np.subtract(squared, own, out=squared)
+    np.square(squared, out=squared)
+    return np.sqrt(squared.reshape(count, 2, -1).sum(axis=2))
+
+
+def _as_halves(rows: np.ndarray, tensors: int) -> np.ndarray:
+    """A stored sketch's (T·2·D,) values as (2, T, D): its raw-weight rows, then its spectral."""
+    return rows.reshape(tensors, 2, SKETCH_DIM).transpose(1, 0, 2)
+
+
+# What one process keeps of the catalog's sketches (``SketchIndex``), at most.
+INDEX_MAX_BYTES = 512 * 2**20
+
+
+class _Stack:
+    """Rows appended one at a time, each under a model id, read back as one array (assembled
+    when asked, after adds); a row replaced by a newer one of its id is no longer live."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = shape
+        self.parts: list[np.ndarray] = []
+        self.whole = np.empty((0, *shape), dtype=np.float32)
+        self.ids: list[int] = []
+        self.live: list[bool] = []
+
+    def append(self, model_id: int, row: np.ndarray) -> int:
+        self.parts.append(row.reshape(1, *self.shape).astype(np.float32, copy=False))
+        self.ids.append(model_id)
+        self.live.append(True)
+        return len(self.ids) - 1
+
+    def array(self) -> np.ndarray:
+        if self.parts:
+            self.whole = np.concatenate([self.whole, *self.parts])
+            self.parts = []
+        return self.whole
+
+    def matches(self, order: np.ndarray, sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(live rows whose id is among the query's, their positions in the query), given the
+        query's ids sorted (``sorted_ids``) and the sorting ``order``."""
+        ids = np.asarray(self.ids, dtype=np.int64)
+        at = np.minimum(np.searchsorted(sorted_ids, ids), max(len(sorted_ids) - 1, 0))
+        found = np.asarray(self.live, dtype=bool) & (sorted_ids[at] == ids)
+        rows = np.flatnonzero(found)
+        return rows, order[at[rows]]
+
+
+@dataclass
+class _Cached:
+    sha256: str
+    layout: str
+    row: int
+    outputs_key: str | None
+    output_row: int | None
+
+
+class SketchIndex:
+    """A worker's copy of one catalog's sketches, kept between jobs, so that a shortlist costs
+    one light query (the candidates' ids, no sketch) and one vectorised comparison.
+
+    A stored sketch is a function of the weights, so an entry (a model id and its weights'
+    SHA-256) never goes stale; a model registered before output parts existed is read again
+    once its row has one (``has`` compares the output part's key). Which models are candidates
+    is always read from the database, never kept. At most ``max_bytes`` of sketches are kept;
+    beyond it ``add`` refuses, and the caller compares the rest as it reads them."""
+
+    BATCH = 1024
+
+    def __init__(self, max_bytes: int = INDEX_MAX_BYTES):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.keys: dict[str, tuple] = {}  # layout → its keys
+        self._rows: dict[str, _Stack] = {}  # layout → (2, T, D) per entry
+        self._outputs: dict[str, _Stack] = {}  # output key → (OUTPUT_DIM,) per entry
+        self._entries: dict[int, _Cached] = {}
+        self._misfits: set[tuple[int, str]] = set()  # a sketch that does not fit its layout
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def has(self, model_id: int, sha256: str, outputs_key: str | None) -> bool:
+        """Whether model ``model_id``'s entry, for these weights and output key, is kept."""
+        entry = self._entries.get(model_id)
+        if (model_id, sha256) in self._misfits:
+            return True
+        return entry is not None and entry.sha256 == sha256 and entry.outputs_key == outputs_key
+
+    def misfit(self, model_id: int, sha256: str) -> bool:
+        """Whether the model's stored sketch does not fit its layout's keys."""
+        return (model_id, sha256) in self._misfits
+
+    def add(
+        self,
+        model_id: int,
+        sha256: str,
+        layout: str,
+        data: bytes,
+        outputs_key: str | None,
+        outputs: bytes | None,
+    ) -> bool:
+        """Keep one stored sketch (its layout's keys must be in ``keys``), replacing the id's
+        earlier entry; False when that would exceed ``max_bytes`` (nothing kept)."""
+        tensors = len(self.keys[layout])
+        rows = np.frombuffer(data, dtype="<f4")
+        if rows.size != tensors * 2 * SKETCH_DIM:
+            self._misfits.add((model_id, sha256))
+            return True
+        vector = None if outputs is None else np.frombuffer(outputs, dtype="<f4")
+        if vector is not None and (not outputs_key or vector.size != OUTPUT_DIM):
+            vector = None
+        size = rows.nbytes + (0 if vector is None else vector.nbytes)
+        if self.bytes + size > self.max_bytes:
+            return False
+        old = self._entries.get(model_id)
+        if old is not None:  # rows are appended, never moved: the old ones stop counting
+            self._rows[old.layout].live[old.row] = False
+            if old.output_row is not None:
+                self._outputs[old.outputs_key].live[old.output_row] = False
+        stack = self._rows.setdefault(layout, _Stack((2, tensors, SKETCH_DIM)))
+        row = stack.append(model_id, _as_halves(rows, tensors))
+        output_row = None
+        if vector is not None:
+            outputs_stack = self._outputs.setdefault(outputs_key, _Stack((OUTPUT_DIM,)))
+            output_row = outputs_stack.append(model_id, vector)
+        self._entries[model_id] = _Cached(sha256, layout, row, outputs_key, output_row)
+        self.bytes += size
+        return True
+
+    def distances(self, child: Sketch, ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+        """(len(ids), len(PARTS)) distances to ``child`` of the kept entries of the models
+        ``ids`` where ``wanted`` (infinite elsewhere, and where a part cannot be compared): the
+        same numbers ``SketchScan`` gives for the same sketches, found without a loop over
+        models (each layout's rows are matched to the query's ids by sorting)."""
+        distances = np.full((len(ids), len(PARTS)), np.inf)
+        if not len(ids):
+            return distances
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        for layout, stack in self._rows.items():
+            alignment = _align(child, self.keys[layout])
+            if alignment is None:
+                continue
+            rows, positions = stack.matches(order, sorted_ids)
+            keep = wanted[positions]
+            rows, positions = rows[keep], positions[keep]
+            if not len(rows):
+                continue
+            matrix = stack.array()
+            for begin in range(0, len(rows), self.BATCH):
+                part = slice(begin, begin + self.BATCH)
+                distances[positions[part], :2] = _weight_distances(
+                    matrix[rows[part]], alignment, child
+                )
+        stack = self._outputs.get(child.outputs_key) if child.outputs is not None else None
+        if stack is not None:
+            rows, positions = stack.matches(order, sorted_ids)
+            keep = wanted[positions]
+            rows, positions = rows[keep], positions[keep]
+            if len(rows):
+                squared = np.square(stack.array()[rows] - child.outputs)
+                distances[positions, 2] = np.sqrt(squared.sum(axis=1))
+        return distances
 
 
 def _distances_to_all(child: Sketch, candidates: list[Sketch]) -> np.ndarray:

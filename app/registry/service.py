@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.engine.model_files import LoadedModel
-from app.engine.sketch import Sketch, SketchScan, model_sketch, nearest, output_sketch, stored_keys
+from app.engine.sketch import model_sketch, output_sketch
 from app.hub.declared import DeclaredParent, declared_parents
 from app.hub.resolve import resolve_with_settings
+from app.registry import shortlist
 from app.registry.errors import NameTaken, UnknownModel
 from app.registry.models import Model
 from app.registry.repository import ModelRepository
@@ -209,37 +210,15 @@ def candidates(session: Session, child: Model, shortlist_size: int) -> Candidate
     still match; a child without an architecture meets every catalog parent). When more than
     ``shortlist_size`` remain (0: no shortlist), only the ``shortlist_size`` whose sketches are
     nearest the child's are kept (``app.engine.sketch``), and those without a sketch. Choosing
-    them reads the candidates' sketches alone (one streamed query, not their records), compares
-    them a batch at a time as they are read, and loads the records of those kept.
+    them reads the candidates' ids, compares their sketches (kept by the worker between jobs,
+    ``app.registry.shortlist``) in one vectorised pass, and loads the records of those kept.
     """
     repository = ModelRepository(session)
     if shortlist_size <= 0 or child.sketch is None:
         catalog = repository.candidates(child.id, child.architecture)
         return Candidates(catalog, len(catalog))
-    layouts = repository.sketch_layouts({child.sketch_layout})
-    own = Sketch.from_stored(
-        stored_keys(layouts[child.sketch_layout]),
-        child.sketch,
-        child.sketch_layout,
-        child.sketch_outputs,
-        child.sketch_outputs_key,
-    )
-    ids: list[int] = []  # in the order the rows come
-    scan = SketchScan(own)
-    for row in repository.candidate_sketches(child.id, child.architecture):
-        scan.add(
-            len(ids), row.sketch_layout, row.sketch, row.sketch_outputs_key, row.sketch_outputs
-        )
-        ids.append(row.id)
-    if len(ids) <= shortlist_size:
-        return Candidates(repository.by_ids(ids), len(ids))
-    more = repository.sketch_layouts(scan.unknown_layouts())
-    distances, present = scan.finish(
-        len(ids), {layout: stored_keys(keys) for layout, keys in more.items()}
-    )
-    oldest_first = np.argsort(ids, kind="stable")  # ties go to the oldest, as in a list
-    kept = nearest(distances[oldest_first], present[oldest_first], shortlist_size)
-    return Candidates(repository.by_ids([ids[oldest_first[i]] for i in kept]), len(ids))
+    ids, catalog_size = shortlist.nearest_ids(session, child, shortlist_size)
+    return Candidates(repository.by_ids(ids), catalog_size)
 
 
 def catalog_names(session: Session, names: list[str]) -> dict[str, str]:
