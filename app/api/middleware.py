@@ -1,4 +1,5 @@
-"""The API's ASGI middleware: request counting, and the last-resort answer to a bug.
+"""The API's ASGI middleware: request counting, the JSON body limit, and the last-resort answer
+to a bug.
 
 Plain ASGI middleware rather than ``BaseHTTPMiddleware`` or an ``Exception`` handler: they see
 every answer, the 500s included, and never buffer a streamed body.
@@ -12,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_response
+from app.core.deps import MAX_JSON_BODY_BYTES, BodyTooLarge
 from app.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -79,3 +81,56 @@ class UnexpectedErrorMiddleware:
                 500, "internal", "internal error; it has been logged for the operators"
             )
             await response(scope, receive, send)
+
+
+class JsonBodyLimitMiddleware:
+    """Refuse a JSON request body above ``MAX_JSON_BODY_BYTES`` (1 MB) with 413
+    ``request_too_large``, on every route: the model endpoints read theirs through
+    ``app.core.deps.read_json_body`` (which also limits its depth), but routes whose body FastAPI
+    parses itself would otherwise read any size into memory. A declared ``Content-Length`` over
+    the cap is answered before anything is read; a chunked body once it passes the cap.
+    Multipart uploads are left to their own limit (``MAX_MODEL_BYTES``)."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_JSON_BODY_BYTES):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        refusal = f"JSON body is above the limit of {self.limit} bytes"
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            response = error_response(BodyTooLarge.status, BodyTooLarge.code, refusal)
+            await response(scope, receive, send)
+            return
+        # Read whole (at most the cap) before the app sees it: a refusal raised from inside its
+        # body parsing would be taken for an empty body.
+        chunks, received, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            received += len(chunks[-1])
+            more = message.get("more_body", False)
+            if received > self.limit:
+                response = error_response(BodyTooLarge.status, BodyTooLarge.code, refusal)
+                await response(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def _is_json(scope: Scope) -> bool:
+    content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
+    media_type = content_type.split(b";")[0].strip().lower()
+    return media_type == b"application/json" or media_type.endswith(b"+json")

@@ -13,7 +13,6 @@ a domain never imports ``api``; ``create_app`` fills ``app.state``, which they r
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, BinaryIO, TypeVar
@@ -28,12 +27,30 @@ from starlette.types import Message
 from app.core.config import Settings
 from app.core.metrics import Metrics
 from app.engine.errors import LineageError, ModelTooLarge
+from app.engine.model_files import JsonTooDeep, parse_json
 
 FILES_FIELD = "files"
 # Room for the multipart framing and small files (config, card) on top of the weights, so the
 # body limit refuses only what the model size limit would refuse anyway.
 UPLOAD_OVERHEAD_BYTES = 1 << 20
+# A JSON body names a hub model in a few fields: 1 MB is far more than any needs, and nesting
+# deeper than a few levels is never a request (the parser would recurse on it).
+MAX_JSON_BODY_BYTES = 1 << 20
+MAX_JSON_BODY_DEPTH = 32
 Fields = TypeVar("Fields", bound=BaseModel)
+
+
+class BodyTooLarge(LineageError):
+    """A JSON body above ``MAX_JSON_BODY_BYTES``."""
+
+    code = "request_too_large"
+    status = 413
+
+
+class BodyTooDeep(LineageError):
+    """A JSON body nested deeper than ``MAX_JSON_BODY_DEPTH``."""
+
+    code = "json_too_deep"
 
 
 class UnsupportedMediaType(LineageError):
@@ -130,19 +147,27 @@ class ModelRequest:
         return [(upload.filename, upload.file) for upload in self.files]
 
 
-def limited_body(request: Request, max_model_bytes: int) -> Request:
+def limited_body(
+    request: Request, max_model_bytes: int, refusal: LineageError | None = None
+) -> Request:
     """A view of ``request`` whose body ends in ``ModelTooLarge`` once it is clearly larger than
-    any model of at most ``max_model_bytes`` (plus ``UPLOAD_OVERHEAD_BYTES`` of framing).
+    any model of at most ``max_model_bytes`` (plus ``UPLOAD_OVERHEAD_BYTES`` of framing), or in
+    ``refusal`` once it is larger than ``max_model_bytes`` itself when one is given.
 
     A declared ``Content-Length`` over the limit is refused before anything is read; a chunked
     body is cut off as it arrives, so an oversized upload never fills the temporary files. (Not
     FastAPI's ``max_body_size``: Starlette answers that one in plain text, not the error shape.)
     """
-    limit = max_model_bytes + UPLOAD_OVERHEAD_BYTES
-    refusal = f"upload is above the limit of {max_model_bytes} bytes (MAX_MODEL_BYTES)"
+    if refusal is None:
+        limit = max_model_bytes + UPLOAD_OVERHEAD_BYTES
+        refusal = ModelTooLarge(
+            f"upload is above the limit of {max_model_bytes} bytes (MAX_MODEL_BYTES)"
+        )
+    else:
+        limit = max_model_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise ModelTooLarge(refusal)
+        raise refusal
     received = 0
 
     async def receive() -> Message:
@@ -151,10 +176,28 @@ def limited_body(request: Request, max_model_bytes: int) -> Request:
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit:
-                raise ModelTooLarge(refusal)
+                raise refusal
         return message
 
     return Request(request.scope, receive)
+
+
+async def read_json_body(request: Request) -> Any:
+    """A JSON body, at most ``MAX_JSON_BODY_BYTES`` (else 413 ``request_too_large``) and nested
+    at most ``MAX_JSON_BODY_DEPTH`` deep (else 400 ``json_too_deep``); malformed JSON is a 422."""
+    refusal = BodyTooLarge(
+        f"JSON body is above the limit of {MAX_JSON_BODY_BYTES} bytes; a JSON request names a "
+        "hub model (upload model files as multipart/form-data)"
+    )
+    body = await limited_body(request, MAX_JSON_BODY_BYTES, refusal).body()
+    try:
+        return parse_json(body, MAX_JSON_BODY_DEPTH)
+    except JsonTooDeep as exc:
+        raise BodyTooDeep(f"JSON body is {exc}") from None
+    except ValueError as exc:  # json.JSONDecodeError, UnicodeDecodeError
+        raise RequestValidationError(
+            [_invalid(("body",), f"malformed JSON: {exc}", "json_invalid")]
+        ) from None
 
 
 async def read_model_request(
@@ -166,17 +209,10 @@ async def read_model_request(
     memory) and closed when the request is done.
     """
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body_request = limited_body(request, settings.max_model_bytes)
     if media_type == "application/json" or media_type.endswith("+json"):
-        body = await body_request.body()
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RequestValidationError(
-                [_invalid(("body",), f"malformed JSON: {exc}", "json_invalid")]
-            ) from None
-        yield ModelRequest(json=data, is_json=True)
+        yield ModelRequest(json=await read_json_body(request), is_json=True)
         return
+    body_request = limited_body(request, settings.max_model_bytes)
     if media_type != "multipart/form-data":
         raise UnsupportedMediaType(
             f"unsupported content type {media_type or '(none)'!r}: send multipart/form-data "

@@ -25,7 +25,6 @@ are read by the engine from safetensors and handed to peft, which therefore neve
 from __future__ import annotations
 
 import copy
-import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from torch import nn
 
 from app.engine.architectures import Network, model_state
 from app.engine.errors import IncompatibleModels, InvalidArgument, LineageError
-from app.engine.model_files import LoadedModel
+from app.engine.model_files import LoadedModel, parse_json
 
 ADAPTER_CONFIG = "adapter_config.json"
 METHOD = "adapter-alignment"
@@ -90,7 +89,7 @@ def read_adapter(model: LoadedModel) -> Adapter:
             f"({ADAPTER_CONFIG} and adapter_model.safetensors)"
         )
     try:
-        config = json.loads(where.read_text(encoding="utf-8"))
+        config = parse_json(where.read_bytes())
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidAdapter(f"{model.name}: {ADAPTER_CONFIG} is not valid JSON ({exc})") from None
     if not isinstance(config, dict):

@@ -13,7 +13,9 @@ of the same architecture and the linearisation can differentiate with respect to
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +23,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from torch.nn.modules.module import (
+    register_module_buffer_registration_hook,
+    register_module_parameter_registration_hook,
+)
 
 from app.engine import weightspace
-from app.engine.errors import IncompatibleModels, InvalidConfig, ShapeMismatch
+from app.engine.errors import (
+    IncompatibleModels,
+    InvalidConfig,
+    LineageError,
+    RemoteCodeRefused,
+    ShapeMismatch,
+)
 from app.engine.model_files import LoadedModel, load_model
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -183,6 +195,8 @@ def _build_transformers(config: dict) -> Network:
         hf_config = config_class.from_dict({k: v for k, v in config.items() if k != "model_type"})
         # Forward-mode AD (the exact linearisation) has no rule for the fused SDPA kernels.
         module = transformers.AutoModel.from_config(hf_config, attn_implementation="eager")
+    except LineageError:  # the tensor budget of ``validate_architecture``
+        raise
     except Exception as exc:  # transformers raises many types for bad configs
         raise InvalidConfig(f"cannot build a {model_type!r} model from its config: {exc}") from None
     prefix = getattr(module, "base_model_prefix", "") or ""
@@ -203,17 +217,72 @@ FAMILIES: dict[str, Callable[[dict], Network]] = {
     "lineage-cnn": _build_cnn,
 }
 
+# Config keys that make ``transformers`` import code from the hub (``auto_map`` names classes in
+# the model's own repository; ``trust_remote_code`` asks for them), refused wherever they appear.
+REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code", "custom_pipelines")
+# Keys naming an implementation that ``transformers`` may fetch from the hub as a "kernel"
+# (``org/repo``), and the built-in names a config may give them. Networks are built with eager
+# attention whatever the config says.
+IMPLEMENTATION_KEYS = (
+    "attn_implementation",
+    "_attn_implementation",
+    "experts_implementation",
+    "_experts_implementation",
+)
+BUILT_IN_IMPLEMENTATIONS = {
+    "eager",
+    "sdpa",
+    "flash_attention_2",
+    "flash_attention_3",
+    "flex_attention",
+    "grouped_mm",
+    "batched_mm",
+}
+
+
+def refuse_remote_code(config: dict) -> None:
+    """Raise ``RemoteCodeRefused`` when a config (or any config nested in it) asks
+    ``transformers`` for code from the hub: ``REMOTE_CODE_KEYS``, or an ``IMPLEMENTATION_KEYS``
+    value that is not a built-in name (``BUILT_IN_IMPLEMENTATIONS``; a dict of them per
+    sub-config is allowed). Configs are data; the engine never runs code a model ships."""
+    stack = [config]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        for key, value in item.items():
+            if key in REMOTE_CODE_KEYS:
+                raise RemoteCodeRefused(
+                    f"config names {key!r}: models whose code comes from the hub are refused "
+                    "(only built-in transformers architectures are built)"
+                )
+            if key in IMPLEMENTATION_KEYS:
+                names = value.values() if isinstance(value, dict) else [value]
+                unknown = [n for n in names if n is not None and n not in BUILT_IN_IMPLEMENTATIONS]
+                if unknown:
+                    raise RemoteCodeRefused(
+                        f"config {key!r} is {unknown[0]!r}, not a built-in implementation "
+                        f"({', '.join(sorted(BUILT_IN_IMPLEMENTATIONS))}): code from the hub is "
+                        "refused"
+                    )
+            stack.append(value)
+
 
 def build_network(config: dict | None, device: torch.device | str = "cpu") -> Network:
     """Build the module a config describes, in eval mode on ``device``, with seeded init.
 
-    Raises ``InvalidConfig`` for a missing or unknown architecture.
+    Raises ``InvalidConfig`` for a missing or unknown architecture, ``RemoteCodeRefused`` for a
+    config that asks for code from the hub.
     """
     if not config:
         raise InvalidConfig("no config.json: the architecture is unknown")
     model_type = config.get("model_type")
     if not isinstance(model_type, str):
         raise InvalidConfig("config has no 'model_type'")
+    refuse_remote_code(config)
     torch.manual_seed(0)  # optional tensors (poolers) get the same values every time
     builder = FAMILIES.get(model_type, _build_transformers)
     network = builder(config)
@@ -309,12 +378,17 @@ def _state_plan(
             missing.append(name)
             continue
         info = infos[file_name]
-        if info.is_float and tuple(info.shape) != tuple(init.shape):
+        if tuple(info.shape) != tuple(init.shape) or (
+            init.is_floating_point() and not info.is_float
+        ):
             if name in network.head and not strict_head:
                 plan[name] = None
                 head_fits = False
                 continue
-            misshapen.append(f"{name} {tuple(info.shape)} (expected {tuple(init.shape)})")
+            if tuple(info.shape) != tuple(init.shape):
+                misshapen.append(f"{name} {tuple(info.shape)} (expected {tuple(init.shape)})")
+            else:
+                misshapen.append(f"{name} stored as {info.dtype} (expected floating point)")
             continue
         plan[name] = file_name
     if missing or misshapen:
@@ -361,22 +435,85 @@ def model_state(
     return state, head_fits
 
 
+# Tensors a network may register while ``validate_architecture`` builds it, beyond twice those
+# its weights hold: room for optional poolers, tied and re-registered parameters, buffers.
+TENSOR_SLACK = 64
+_building = threading.local()
+_hooks_lock = threading.Lock()
+_hooks_installed = False
+
+
+def _registered(module: nn.Module, name: str, tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """Registration hook (every module's parameters and buffers) of ``_bounded_build``: counts
+    this thread's registrations against its budget, and moves parameters to ``meta`` when asked."""
+    budget = getattr(_building, "budget", None)
+    if budget is None:  # another thread's build, or none under way
+        return None
+    if budget <= 0:
+        raise ShapeMismatch(
+            f"the config describes more tensors than the weights hold ({_building.held}); "
+            "the weights do not fit the architecture"
+        )
+    _building.budget = budget - 1
+    if _building.parameters_on_meta and isinstance(tensor, nn.Parameter):
+        return nn.Parameter(tensor.to("meta"), requires_grad=tensor.requires_grad)
+    return None
+
+
+@contextmanager
+def _bounded_build(held: int, parameters_on_meta: bool = False) -> Iterator[None]:
+    """While a network is built in this thread, stop the build (``ShapeMismatch``) once it has
+    registered more tensors than twice the ``held`` of its weights (plus ``TENSOR_SLACK``): a
+    config that claims a million layers is refused after a few, before its modules fill memory
+    even on ``meta``. With ``parameters_on_meta`` each parameter moves to ``meta`` as it is
+    registered (its storage never touched, so never resident), for modules that cannot be built
+    on ``meta`` altogether."""
+    global _hooks_installed
+    with _hooks_lock:  # once per process: torch's hooks are global, the budget per thread
+        if not _hooks_installed:
+            register_module_parameter_registration_hook(_registered)
+            register_module_buffer_registration_hook(_registered)
+            _hooks_installed = True
+    _building.budget, _building.held = 2 * held + TENSOR_SLACK, held
+    _building.parameters_on_meta = parameters_on_meta
+    try:
+        yield
+    finally:
+        _building.budget = None
+
+
 def validate_architecture(model: LoadedModel) -> None:
     """Check that a model's weights fit its own config (when it has one), from the shapes alone.
 
     The network is built on PyTorch's ``meta`` device, which records shapes and allocates
-    nothing, and compared with the weights' headers: the check costs neither a model's memory
-    nor its initialisation, whatever sizes a config claims, and reads no weight.
+    nothing, and compared with the weights' headers: every tensor the network has must be in the
+    weights with its shape (floating-point where the network's is), so that building the network
+    for real later costs no more than its weights do. The build itself is bounded by the number
+    of tensors the weights hold (``_bounded_build``) and a config asking for code from the hub is
+    refused before it (``refuse_remote_code``): the check costs neither a model's memory nor its
+    initialisation, whatever sizes a config claims, and reads no weight.
     """
     if model.config is None:
         return
+    held = len(model.weights.infos)
     try:
-        with torch.device("meta"):
+        with _bounded_build(held), torch.device("meta"):
             network = build_network(model.config, "meta")
+    except LineageError:
+        raise
     except Exception:
         # A module whose construction needs real numbers (a value read back with .item()) cannot
-        # be built on meta; the ordinary build then decides, with its own clear errors.
-        network = build_network(model.config)
+        # be built on meta: it is built on the CPU with its parameters moved to meta as they
+        # are registered, so that they are never resident either.
+        try:
+            with _bounded_build(held, parameters_on_meta=True):
+                network = build_network(model.config, "meta")
+        except LineageError:
+            raise
+        except Exception as exc:
+            raise InvalidConfig(
+                f"cannot build the architecture its config describes: {exc}"
+            ) from None
     _state_plan(network, model, strict_head=True)
 
 

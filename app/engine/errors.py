@@ -96,3 +96,10 @@ class InvalidArgument(LineageError):
     """An argument outside what a function accepts (e.g. an empty candidate list)."""
 
     code = "invalid_argument"
+
+
+class RemoteCodeRefused(LineageError):
+    """A config that asks ``transformers`` for code from the hub (``auto_map``,
+    ``trust_remote_code``, a hub kernel as attention implementation); never imported."""
+
+    code = "remote_code_refused"

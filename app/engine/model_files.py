@@ -45,6 +45,10 @@ INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 # safetensors itself refuses headers above 100 MB; we say so before it does.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+# How deep a header, config or index may nest: real ones nest 2 to 5 levels. A limit well under
+# Python's recursion limit, so that neither the parser nor any walk over the parsed value recurses
+# without end.
+MAX_JSON_DEPTH = 64
 DEFAULT_MAX_MODEL_BYTES = 20 * 1024**3
 
 # Bytes per element for every dtype safetensors writes.
@@ -104,6 +108,40 @@ class TensorInfo:
         return math.prod(self.shape)
 
 
+class JsonTooDeep(ValueError):
+    """JSON nested deeper than the limit ``parse_json`` was given."""
+
+
+def json_depth(value: object) -> int:
+    """How deep a parsed JSON value nests (a scalar is 0, ``[]`` is 1), without recursing."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def parse_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> object:
+    """``json.loads`` with a nesting limit: ``JsonTooDeep`` for a value nested deeper than
+    ``max_depth`` (which the parser itself would meet as a ``RecursionError`` a few hundred levels
+    further down), ``json.JSONDecodeError`` or ``UnicodeDecodeError`` (both ``ValueError``) for
+    text that is not JSON."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        value = None
+        deep = True
+    else:
+        deep = json_depth(value) > max_depth
+    if deep:
+        raise JsonTooDeep(f"nested deeper than {max_depth} levels")
+    return value
+
+
 def refuse_pickle(path: Path) -> None:
     """Refuse a pickle-based weight file by its name alone; it is never opened."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
@@ -137,14 +175,16 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
             )
         raw = fh.read(header_len)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = parse_json(raw.decode("utf-8"))
+    except JsonTooDeep as exc:
+        raise CorruptHeader(f"{path.name}: header is {exc}; not a safetensors file") from None
+    except ValueError as exc:  # json.JSONDecodeError, UnicodeDecodeError
         raise CorruptHeader(f"{path.name}: header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise CorruptHeader(f"{path.name}: header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise CorruptHeader(f"{path.name}: __metadata__ is not an object")
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CorruptHeader(f"{path.name}: __metadata__ is not an object of strings")
     data_len = size - 8 - header_len
     tensors: dict[str, TensorInfo] = {}
     spans = []
@@ -314,7 +354,7 @@ def _weight_files(path: Path) -> tuple[list[Path], Path | None, dict[str, str] |
     """The safetensors files of a model path, its config.json if any, and the shard index's
     weight map (tensor name → shard file) when the weights are sharded."""
     if not path.exists():
-        raise ModelNotFound(f"{path}: no such file or folder")
+        raise ModelNotFound(f"{path.name}: no such file or folder")
     if path.is_file():
         refuse_pickle(path)
         if path.suffix.lower() != ".safetensors":
@@ -325,7 +365,7 @@ def _weight_files(path: Path) -> tuple[list[Path], Path | None, dict[str, str] |
     index = path / INDEX_NAME
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            weight_map = parse_json(index.read_text(encoding="utf-8"))["weight_map"]
             shard_names = sorted(set(weight_map.values()))
             if not all(isinstance(shard, str) for shard in shard_names):
                 raise TypeError("shard names must be strings")
@@ -333,9 +373,12 @@ def _weight_files(path: Path) -> tuple[list[Path], Path | None, dict[str, str] |
             raise CorruptHeader(f"{index.name}: not a valid shard index ({exc})") from None
         files = []
         for shard in shard_names:
-            shard_path = (path / shard).resolve()
+            try:
+                shard_path = (path / shard).resolve()
+            except (ValueError, OSError):  # a NUL byte, a link loop
+                raise CorruptHeader(f"{index.name}: shard {shard!r} is not a file name") from None
             if path.resolve() not in shard_path.parents or not shard_path.is_file():
-                raise TruncatedFile(f"{index.name}: shard {shard!r} is missing from {path}")
+                raise TruncatedFile(f"{index.name}: shard {shard!r} is missing from the folder")
             files.append(shard_path)
         return files, config, weight_map
     if (path / SINGLE_NAME).is_file():
@@ -344,14 +387,14 @@ def _weight_files(path: Path) -> tuple[list[Path], Path | None, dict[str, str] |
     if len(found) == 1:
         return found, config, None
     if len(found) > 1:
-        raise NoWeights(f"{path}: several .safetensors files and no {INDEX_NAME} to join them")
+        raise NoWeights(f"{path.name}: several .safetensors files and no {INDEX_NAME} to join them")
     pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
         raise PickleRefused(
-            f"{path}: only pickle-based weights found ({', '.join(pickles)}); they are refused "
-            "(they can run code when loaded); provide model.safetensors"
+            f"{path.name}: only pickle-based weights found ({', '.join(pickles)}); they are "
+            "refused (they can run code when loaded); provide model.safetensors"
         )
-    raise NoWeights(f"{path}: no model.safetensors in this folder")
+    raise NoWeights(f"{path.name}: no model.safetensors in this folder")
 
 
 def _sha256(files: list[Path]) -> str:
@@ -365,8 +408,10 @@ def _sha256(files: list[Path]) -> str:
 
 def _parse_config(text: str, where: str) -> dict:
     try:
-        config = json.loads(text)
-    except json.JSONDecodeError as exc:
+        config = parse_json(text)
+    except JsonTooDeep as exc:
+        raise InvalidConfig(f"{where}: {exc}") from None
+    except ValueError as exc:  # json.JSONDecodeError
         raise InvalidConfig(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(config, dict):
         raise InvalidConfig(f"{where}: must be a JSON object")
@@ -394,7 +439,7 @@ def load_model(
     num_bytes = sum(f.stat().st_size for f in files)
     if num_bytes > max_bytes:
         raise ModelTooLarge(
-            f"{path}: weights are {num_bytes} bytes, above the limit of {max_bytes}"
+            f"{path.name}: weights are {num_bytes} bytes, above the limit of {max_bytes}"
         )
     infos: dict[str, TensorInfo] = {}
     metadata: dict[str, str] = {}
@@ -413,13 +458,20 @@ def load_model(
                     f"{INDEX_NAME}: tensor {tensor_name!r} is not in shard {shard!r}"
                 )
     if not infos:
-        raise NoWeights(f"{path}: the weights file holds no tensors")
+        raise NoWeights(f"{path.name}: the weights file holds no tensors")
+    # A model whose every tensor is empty (or integer) has nothing any method compares: as a
+    # catalog parent it would be a candidate that matches everything and nothing.
+    if not any(info.is_float and info.numel > 0 for info in infos.values()):
+        raise NoWeights(
+            f"{path.name}: the weights hold no values to compare (every tensor is empty or "
+            "not floating-point)"
+        )
     if config_path is not None:
         try:
             text = config_path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            raise InvalidConfig(f"{config_path}: not UTF-8 text ({exc})") from None
-        config = _parse_config(text, str(config_path))
+            raise InvalidConfig(f"{config_path.name}: not UTF-8 text ({exc})") from None
+        config = _parse_config(text, config_path.name)
     elif "config" in metadata:
         config = _parse_config(metadata["config"], f"{files[0].name} __metadata__['config']")
     else:
@@ -434,7 +486,7 @@ def load_model(
                 tensor = tensor.to(torch.float32)
             if not torch.isfinite(tensor).all():
                 raise NonFiniteWeights(
-                    f"{path}: tensor {tensor_name!r} holds NaN or infinite values"
+                    f"{path.name}: tensor {tensor_name!r} holds NaN or infinite values"
                 )
     return LoadedModel(
         name=name if name is not None else str(source),

@@ -12,11 +12,11 @@ refuse a model.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from app.engine.model_files import parse_json
 from app.hub.resolve import is_hub_id
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ class DeclaredParent:
 
 def _read_json(path: Path) -> dict:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        value = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON, nested absurdly deep
         return {}
     return value if isinstance(value, dict) else {}
 
