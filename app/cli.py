@@ -233,15 +233,61 @@ def serve(
     """Run the API (and, without REDIS_URL, an in-process worker) on the configured database.
 
     The database is migrated to the newest schema first. Configuration: environment variables
-    (see README: DATABASE_URL, REDIS_URL, STORAGE_DIR, ...).
+    (see README: DATABASE_URL, REDIS_URL, STORAGE_DIR, ...). LINEAGE_ADMIN_KEY is made an admin
+    key; without it, the first start (no key yet) makes an admin key and prints it once.
     """
     import threading
 
     import uvicorn
+
+    from app.auth import service as auth
+    from app.core.db import transaction
+
+    settings, factory = _prepared_database()
+    from app.api.app import create_app
+    from worker.dispatch import dispatcher_for
+
+    try:
+        app = create_app(settings, dispatcher_for(settings))
+    except LineageError as exc:  # a LINEAGE_ADMIN_KEY too short to be a secret
+        _fail(exc.message)
+    with transaction(factory) as session:
+        first = None
+        if not auth.has_active_keys(session):
+            first = auth.create_key(session, "admin", "first admin key")
+    if first is not None:
+        typer.echo(
+            f"no API key existed: made admin key {first[0].id} (shown this once; store it, "
+            f"send it as `Authorization: Bearer <key>`, make others with `lineage keys create`):"
+            f"\n  {first[1]}\n"
+        )
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port))
+    if demo:
+        from app.service_demo import run_service_demo
+
+        with transaction(factory) as session:
+            demo_key, key = auth.create_key(session, "curator", "serve --demo")
+
+        def fill() -> None:
+            while not server.started:
+                time.sleep(0.1)
+            try:
+                run_service_demo(f"http://{host}:{port}", Path("var/demo-zoo"), typer.echo, key)
+            finally:  # the demo's key lives as long as the demo
+                with transaction(factory) as session:
+                    auth.revoke_key(session, demo_key.id)
+
+        threading.Thread(target=fill, daemon=True).start()
+    server.run()
+
+
+def _prepared_database():
+    """The settings and a session factory on their database, migrated to the newest schema;
+    a bad configuration or an unreachable database is one ``error:`` line."""
     from pydantic import ValidationError
 
     from app.core.config import get_settings
-    from app.core.db import migrate
+    from app.core.db import make_engine, migrate, session_factory
 
     try:
         settings = get_settings()
@@ -251,21 +297,69 @@ def serve(
         migrate(settings.database_url)
     except Exception as exc:  # the database is unreachable or refuses us
         _fail(f"cannot prepare the database at {settings.database_url}: {exc}")
-    from app.api.app import create_app
-    from worker.dispatch import dispatcher_for
+    return settings, session_factory(make_engine(settings.database_url))
 
-    app = create_app(settings, dispatcher_for(settings))
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port))
-    if demo:
-        from app.service_demo import run_service_demo
 
-        def fill() -> None:
-            while not server.started:
-                time.sleep(0.1)
-            run_service_demo(f"http://{host}:{port}", Path("var/demo-zoo"), typer.echo)
+keys_cli = typer.Typer(
+    no_args_is_help=True,
+    help="API keys of the service's database: make (shown once), list, revoke.",
+)
+cli.add_typer(keys_cli, name="keys")
 
-        threading.Thread(target=fill, daemon=True).start()
-    server.run()
+
+@keys_cli.command("create")
+def keys_create(
+    role: str = typer.Option(..., "--role", help="reader, submitter, curator or admin."),
+    name: str | None = typer.Option(None, "--name", help="Whose key, or what it is for."),
+) -> None:
+    """Make an API key. The key alone goes to stdout, this once (only its hash is stored)."""
+    from app.auth import service as auth
+    from app.core.db import transaction
+
+    _settings, factory = _prepared_database()
+    try:
+        with transaction(factory) as session:
+            record, key = auth.create_key(session, role, name)
+    except LineageError as exc:
+        _fail(exc.message)
+    typer.echo(
+        f"made {record.role} key {record.id}{f' ({name})' if name else ''}; it is shown this once:",
+        err=True,
+    )
+    typer.echo(key)
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """Every key: id, role, name, first characters, made, revoked (never the key)."""
+    from app.auth import service as auth
+    from app.core.db import transaction
+
+    _settings, factory = _prepared_database()
+    with transaction(factory) as session:
+        records = auth.list_keys(session)
+    typer.echo(f"{'id':>4}  {'role':<9}  {'prefix':<13}  {'made':<19}  {'revoked':<19}  name")
+    for r in records:
+        revoked = r.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if r.revoked_at else "-"
+        typer.echo(
+            f"{r.id:>4}  {r.role:<9}  {r.prefix + '…':<13}  "
+            f"{r.created_at.strftime('%Y-%m-%d %H:%M:%S'):<19}  {revoked:<19}  {r.name or ''}"
+        )
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: int = typer.Argument(..., help="The key's id (see `lineage keys list`).")):
+    """Revoke a key: the service refuses it (401) from now on."""
+    from app.auth import service as auth
+    from app.core.db import transaction
+
+    _settings, factory = _prepared_database()
+    try:
+        with transaction(factory) as session:
+            record = auth.revoke_key(session, key_id)
+    except LineageError as exc:
+        _fail(exc.message)
+    typer.echo(f"revoked {record.role} key {record.id} ({record.prefix}…)")
 
 
 @cli.command()

@@ -26,11 +26,15 @@ def _files(folder: Path) -> list[tuple[str, tuple[str, bytes]]]:
     ]
 
 
-def run_service_demo(base_url: str, out: Path, say: Callable[[str], None] = print) -> None:
-    """Build the demo zoo in ``out`` and push it through the service at ``base_url``."""
+def run_service_demo(
+    base_url: str, out: Path, say: Callable[[str], None] = print, key: str | None = None
+) -> None:
+    """Build the demo zoo in ``out`` and push it through the service at ``base_url``, with the
+    API ``key`` (a curator's: it registers parents)."""
     say(f"training the demo zoo in {out} ...")
     manifest = build_demo_zoo(out, "mlp")
-    with httpx.Client(base_url=base_url, timeout=120) as client:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with httpx.Client(base_url=base_url, timeout=120, headers=headers) as client:
         for name, entry in manifest["models"].items():
             if entry["role"] == "parent" and name != HELD_OUT:
                 response = client.post(

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -58,8 +60,11 @@ def main() -> None:
             cwd=ROOT,
         )
     models = json.loads((zoo / "manifest.json").read_text())["models"]
+    # Writes need a key: this run's own admin key, given to the server it starts.
+    key = os.environ.setdefault("LINEAGE_ADMIN_KEY", "lin_" + secrets.token_urlsafe(32))
     with served(f"sqlite:///{work / 'l.db'}", work / "storage") as base:
-        with httpx.Client(base_url=base, timeout=120) as client:
+        auth = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=base, timeout=120, headers=auth) as client:
             for name, record in models.items():
                 if record["role"] in ("root", "parent"):
                     client.post(

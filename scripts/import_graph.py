@@ -9,8 +9,8 @@ import is still an arrow). The layers, top to bottom (docs/architecture.md):
 
     process  app.cli, app.service_demo, worker
     api      app.api
-    domain   app.registry, app.detection, app.lineage, app.hub, app.web; the research tools
-             app.bench and app.demo
+    domain   app.registry, app.detection, app.auth, app.lineage, app.hub, app.web; the research
+             tools app.bench and app.demo
     core     app.core
     engine   app.engine, and the root package ``app`` (its version)
 
@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "app.registry",
             "app.detection",
+            "app.auth",
             "app.lineage",
             "app.hub",
             "app.web",

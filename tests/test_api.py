@@ -25,6 +25,7 @@ from app.engine.methods import method_names
 from app.engine.model_files import save_model
 from app.engine.training import digits_task, initial_state, train
 from app.registry.models import Model
+from tests.keys import ADMIN_HEADERS, TEST_ADMIN_KEY
 from tests.services import ADMIN_URL, postgres_database
 from worker.dispatch import dispatcher_for
 from worker.in_process import InProcessDispatcher
@@ -121,11 +122,16 @@ def start_service(url: str, storage: Path, **settings) -> Service:
         database_url=url,
         storage_dir=storage,
         redis_url=None,
-        **{"hf_hub_offline": True, "hf_hub_cache": storage.parent / "hf-cache", **settings},
+        **{
+            "hf_hub_offline": True,
+            "hf_hub_cache": storage.parent / "hf-cache",
+            "lineage_admin_key": TEST_ADMIN_KEY,
+            **settings,
+        },
     )
     engine = make_engine(url)
     factory = session_factory(engine)
-    client = TestClient(create_app(settings, InProcessDispatcher))
+    client = TestClient(create_app(settings, InProcessDispatcher), headers=ADMIN_HEADERS)
     return Service(client, client.app.state.dispatcher, engine, factory, settings)
 
 
@@ -361,11 +367,16 @@ def test_healthz_is_503_when_the_database_is_gone(tmp_path):
 def test_the_embedded_default_runs_jobs_in_process(tmp_path, family):
     url = f"sqlite:///{tmp_path / 'embedded.db'}"
     migrate(url)
-    settings = Settings(database_url=url, storage_dir=tmp_path / "storage", redis_url=None)
+    settings = Settings(
+        database_url=url,
+        storage_dir=tmp_path / "storage",
+        redis_url=None,
+        lineage_admin_key=TEST_ADMIN_KEY,
+    )
     app = create_app(settings, dispatcher_for(settings))
     dispatcher = app.state.dispatcher
     assert isinstance(dispatcher, InProcessDispatcher)
-    with TestClient(app) as client:
+    with TestClient(app, headers=ADMIN_HEADERS) as client:
         client.post("/parents", data={"name": "p"}, files=upload(family.parents[1]))
         job_id = client.post("/detect", files=upload(family.child)).json()["job_id"]
         dispatcher.join()
@@ -380,9 +391,13 @@ def test_a_job_the_broker_cannot_take_is_a_503_and_marked_failed(tmp_path, famil
     url = f"sqlite:///{tmp_path / 'lineage.db'}"
     migrate(url)
     settings = Settings(
-        database_url=url, storage_dir=tmp_path / "storage", redis_url="redis://127.0.0.1:1/0"
+        database_url=url,
+        storage_dir=tmp_path / "storage",
+        redis_url="redis://127.0.0.1:1/0",
+        lineage_admin_key=TEST_ADMIN_KEY,
     )
-    with TestClient(create_app(settings, dispatcher_for(settings))) as client:
+    app = create_app(settings, dispatcher_for(settings))
+    with TestClient(app, headers=ADMIN_HEADERS) as client:
         registered = client.post("/parents", data={"name": "p"}, files=upload(family.parents[1]))
         assert registered.status_code == 201, registered.text
         response = client.post("/detect", data={"name": "c"}, files=upload(family.child))

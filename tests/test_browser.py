@@ -15,6 +15,7 @@ import torch
 from app.engine.model_files import save_model
 from scripts.processes import CHROMIUM, CHROMIUM_ARGS, served
 from tests.factories import TINY_MLP_CONFIG, tiny_mlp_state
+from tests.keys import ADMIN_HEADERS, TEST_ADMIN_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,11 +39,12 @@ MISDECLARED_CARD = "---\nbase_model: org/base\n---\n# grandchild-b\n"
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, monkeypatch):
     """``lineage serve`` on a fresh SQLite file, with base → child → two grandchildren, every
     edge written by detection jobs through ``POST /detect``: child and grandchild-a declare no
     base (audit: undisclosed), grandchild-b declares the wrong one (audit: mismatch)."""
     database = f"sqlite:///{tmp_path / 'lineage.db'}"
+    monkeypatch.setenv("LINEAGE_ADMIN_KEY", TEST_ADMIN_KEY)  # the operator's admin key
     with served(database, tmp_path / "storage") as base:
         state = tiny_mlp_state(0)
         family = {
@@ -51,7 +53,7 @@ def server(tmp_path):
             "org/grandchild-a": jittered(moved(state, 0.05), 1),
             "org/grandchild-b": jittered(moved(state, 0.05), 2),
         }
-        with httpx.Client(base_url=base, timeout=60) as client:
+        with httpx.Client(base_url=base, timeout=60, headers=ADMIN_HEADERS) as client:
             for name, weights in family.items():
                 folder = save_model(tmp_path / name.replace("/", "_"), weights, TINY_MLP_CONFIG)
                 if name == "org/grandchild-b":

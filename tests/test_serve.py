@@ -14,6 +14,7 @@ import httpx
 from app.engine.model_files import save_model
 from scripts.processes import free_port, served
 from tests.factories import TINY_MLP_CONFIG, tiny_mlp_state
+from tests.keys import ADMIN_HEADERS, TEST_ADMIN_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,16 +23,23 @@ def files(folder: Path):
     return [("files", (p.name, p.read_bytes())) for p in sorted(folder.iterdir())]
 
 
-def test_serve_runs_the_whole_service_on_the_embedded_default(tmp_path):
+def test_serve_runs_the_whole_service_on_the_embedded_default(tmp_path, monkeypatch):
     parent = save_model(tmp_path / "parent", tiny_mlp_state(0), TINY_MLP_CONFIG)
     child_state = {k: v + 0.01 for k, v in tiny_mlp_state(0).items()}
     child = save_model(tmp_path / "child", child_state, TINY_MLP_CONFIG)
     database = f"sqlite:///{tmp_path / 'lineage.db'}"
+    monkeypatch.setenv("LINEAGE_ADMIN_KEY", TEST_ADMIN_KEY)  # the operator's admin key
     with served(database, tmp_path / "storage") as base:
         deadline = time.monotonic() + 60
-        created = httpx.post(f"{base}/parents", data={"name": "org/base"}, files=files(parent))
+        refused = httpx.post(f"{base}/parents", data={"name": "org/base"}, files=files(parent))
+        assert refused.status_code == 401, refused.text
+        created = httpx.post(
+            f"{base}/parents", data={"name": "org/base"}, files=files(parent), headers=ADMIN_HEADERS
+        )
         assert created.status_code == 201, created.text
-        queued = httpx.post(f"{base}/detect", data={"name": "org/tuned"}, files=files(child))
+        queued = httpx.post(
+            f"{base}/detect", data={"name": "org/tuned"}, files=files(child), headers=ADMIN_HEADERS
+        )
         assert queued.status_code == 202, queued.text
         job_id = queued.json()["job_id"]
         while (job := httpx.get(f"{base}/jobs/{job_id}").json())["status"] in ("queued", "running"):

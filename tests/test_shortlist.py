@@ -48,6 +48,7 @@ from app.engine.training import (
 from app.registry import service as registry
 from app.registry import shortlist as shortlists
 from app.registry.models import Model
+from tests.keys import ADMIN_HEADERS, TEST_ADMIN_KEY
 from worker.dispatch import dispatcher_for
 
 CONFIG = {"model_type": "lineage-mlp", "sizes": [64, 48, 48, 10], "activation": "relu"}
@@ -256,8 +257,9 @@ def service(tmp_path: Path, shortlist_size: int) -> TestClient:
         storage_dir=tmp_path / "storage",
         redis_url=None,
         shortlist_size=shortlist_size,
+        lineage_admin_key=TEST_ADMIN_KEY,
     )
-    return TestClient(create_app(settings, dispatcher_for(settings)))
+    return TestClient(create_app(settings, dispatcher_for(settings)), headers=ADMIN_HEADERS)
 
 
 def detect(client: TestClient, family, child: str) -> dict:

@@ -28,6 +28,7 @@ from app.web import loading
 from app.web.layout import count_crossings, layered_layout, more_id, signed_levels
 from app.web.render import Family, family_from_tree, render_catalog_page, render_family_page
 from tests.factories import TINY_MLP_CONFIG, tiny_mlp_state
+from tests.keys import ADMIN_HEADERS, TEST_ADMIN_KEY
 from worker.dispatch import dispatcher_for
 from worker.in_process import InProcessDispatcher
 
@@ -91,10 +92,15 @@ def site(tmp_path_factory) -> Iterator[Site]:
     folder = tmp_path_factory.mktemp("web")
     url = f"sqlite:///{folder / 'lineage.db'}"
     migrate(url)
-    settings = Settings(database_url=url, storage_dir=folder / "storage", redis_url=None)
+    settings = Settings(
+        database_url=url,
+        storage_dir=folder / "storage",
+        redis_url=None,
+        lineage_admin_key=TEST_ADMIN_KEY,
+    )
     states = {"org/root": tiny_mlp_state(0)}
     jobs = {}
-    client = TestClient(create_app(settings, InProcessDispatcher))
+    client = TestClient(create_app(settings, InProcessDispatcher), headers=ADMIN_HEADERS)
     with client:
         root = save_model(folder / "root", states["org/root"], TINY_MLP_CONFIG)
         response = client.post("/parents", data={"name": "org/root"}, files=files_of(root))
@@ -114,7 +120,8 @@ def site(tmp_path_factory) -> Iterator[Site]:
         production = settings.model_copy(
             update={"redis_url": f"{REDIS}/{1 + uuid.uuid4().int % 15}"}
         )
-        with TestClient(create_app(production, dispatcher_for(production))) as api:
+        api_app = create_app(production, dispatcher_for(production))
+        with TestClient(api_app, headers=ADMIN_HEADERS) as api:
             model = folder / "org_child-b"
             response = api.post("/detect", data={"name": "org/child-b"}, files=files_of(model))
             assert response.status_code == 202, response.text

@@ -26,6 +26,7 @@ from app.registry import service as registry
 from scripts.job_cost import HeldJobs
 from tests.factories import TINY_CNN_CONFIG as CNN_CONFIG
 from tests.factories import TINY_MLP_CONFIG, tiny_mlp_state
+from tests.keys import ADMIN_HEADERS, TEST_ADMIN_KEY
 from worker.in_process import InProcessDispatcher
 
 
@@ -49,8 +50,14 @@ def stepped(state: dict, seed: int, scale: float = 0.05) -> dict:
 def client(tmp_path):
     url = f"sqlite:///{tmp_path / 'lineage.db'}"
     migrate(url)
-    settings = Settings(database_url=url, storage_dir=tmp_path / "storage", redis_url=None)
-    with TestClient(create_app(settings, InProcessDispatcher)) as client:
+    settings = Settings(
+        database_url=url,
+        storage_dir=tmp_path / "storage",
+        redis_url=None,
+        lineage_admin_key=TEST_ADMIN_KEY,
+    )
+    app = create_app(settings, InProcessDispatcher)
+    with TestClient(app, headers=ADMIN_HEADERS) as client:
         yield client
 
 

@@ -207,13 +207,17 @@ def test_restarting_the_api_and_the_worker_between_steps_loses_nothing(service, 
 
     from app.api.app import create_app
     from app.core.config import Settings
+    from tests.keys import ADMIN_HEADERS, TEST_ADMIN_KEY
 
     folders = train_family(tmp_path / "zoo", MLP, parents=3, steps=80)
     settings = Settings(
-        database_url=service.url, redis_url=service.redis_url, storage_dir=service.storage
+        database_url=service.url,
+        redis_url=service.redis_url,
+        storage_dir=service.storage,
+        lineage_admin_key=TEST_ADMIN_KEY,
     )
     worker = service.start_worker()
-    with TestClient(create_app(settings, dispatcher_for(settings))) as api:
+    with TestClient(create_app(settings, dispatcher_for(settings)), headers=ADMIN_HEADERS) as api:
         for i in range(3):
             response = api.post(
                 "/parents", data={"name": f"org/parent-{i}"}, files=upload(folders[f"parent-{i}"])
@@ -221,7 +225,7 @@ def test_restarting_the_api_and_the_worker_between_steps_loses_nothing(service, 
             assert response.status_code == 201, response.text
     worker.terminate()  # a graceful stop between steps
     worker.wait(30)
-    with TestClient(create_app(settings, dispatcher_for(settings))) as api:
+    with TestClient(create_app(settings, dispatcher_for(settings)), headers=ADMIN_HEADERS) as api:
         response = api.post("/detect", data={"name": "org/child"}, files=upload(folders["child"]))
         assert response.status_code == 202, response.text
         job_id = response.json()["job_id"]
@@ -229,7 +233,7 @@ def test_restarting_the_api_and_the_worker_between_steps_loses_nothing(service, 
     service.start_worker()
     job = service.wait(job_id, ("succeeded", "failed"))
     assert job.status == "succeeded", job.error
-    with TestClient(create_app(settings, dispatcher_for(settings))) as api:
+    with TestClient(create_app(settings, dispatcher_for(settings)), headers=ADMIN_HEADERS) as api:
         tree = api.get("/lineage/org/child", headers={"Accept": "application/json"}).json()
         assert [a["name"] for a in tree["ancestors"]] == ["org/parent-0"]
         assert [(e["parent"], e["child"]) for e in tree["edges"]] == [("org/parent-0", "org/child")]

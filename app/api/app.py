@@ -12,15 +12,22 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import __version__
 from app.api.errors import install_error_handlers
 from app.api.health import router as health_router
-from app.api.middleware import RequestMetricsMiddleware, UnexpectedErrorMiddleware
+from app.api.middleware import (
+    JsonBodyLimitMiddleware,
+    RequestMetricsMiddleware,
+    UnexpectedErrorMiddleware,
+)
+from app.auth import service as auth
+from app.auth.deps import read_access
+from app.auth.endpoints import router as keys_router
 from app.core.config import Settings
-from app.core.db import make_engine, session_factory
+from app.core.db import make_engine, session_factory, transaction
 from app.core.metrics import Metrics
 from app.detection.dispatch import Dispatcher
 from app.detection.endpoints import router as detection_router
@@ -36,6 +43,12 @@ Keep a catalog of base models (`POST /parents`), submit a child model (`POST /de
 worker scores it against every compatible catalog model with weight-space and function-space
 methods and decides, with a calibrated confidence, which one is its parent, or that none is.
 Follow the job at `GET /jobs/{id}`, browse the family trees at `GET /lineage/{name}`.
+
+Writes need an API key, sent as `Authorization: Bearer <key>`; keys carry a role (reader <
+submitter < curator < admin, each including the ones below): `POST /detect` needs submitter,
+`POST /parents` and `register_as_parent` curator, `/keys` admin. Reads are public unless the
+service sets `REQUIRE_READ_KEY`. A missing, unknown or revoked key is a 401, too low a role a
+403, a key over its upload or job limit a 429 with `Retry-After`.
 
 Models are uploaded as their files (`model.safetensors` + `config.json`, the Hugging Face
 layout); pickle formats are refused and never unpickled. Every error is
@@ -53,6 +66,9 @@ def create_app(
     """
     engine = make_engine(settings.database_url)
     factory = session_factory(engine)
+    if settings.lineage_admin_key is not None:
+        with transaction(factory) as session:
+            auth.ensure_admin_key(session, settings.lineage_admin_key.get_secret_value())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -76,12 +92,16 @@ def create_app(
     app.state.metrics = metrics
 
     install_error_handlers(app)
+    app.add_middleware(JsonBodyLimitMiddleware)  # every route's JSON body: at most 1 MB
     app.add_middleware(UnexpectedErrorMiddleware)
     # Added last, so outermost: it also counts the 500s the error middleware answers.
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     # The pages' routes first: their /lineage route matches only requests that prefer HTML and
     # leaves the others to the JSON route of the lineage router.
-    for router in (web_router, registry_router, detection_router, lineage_router, health_router):
-        app.include_router(router)
+    # Reads are public unless REQUIRE_READ_KEY; writes check their own role (app.auth.deps).
+    # Health and metrics stay open to the probes that watch the service.
+    for router in (web_router, registry_router, detection_router, lineage_router, keys_router):
+        app.include_router(router, dependencies=[Depends(read_access)])
+    app.include_router(health_router)
     app.mount("/static", static_files(), name="static")
     return app

@@ -57,7 +57,9 @@ def describe_validation_errors(errors: list[dict]) -> tuple[str, list[dict]]:
 
 async def _lineage_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LineageError)
-    return error_response(exc.status, exc.code, exc.message)
+    # Some errors carry the headers their status needs (WWW-Authenticate on a 401, Retry-After
+    # on a 429).
+    return error_response(exc.status, exc.code, exc.message, headers=getattr(exc, "headers", None))
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:

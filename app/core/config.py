@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -57,6 +57,32 @@ class Settings(BaseSettings):
         description="Seconds before an unacknowledged task is delivered again (Redis); keep it "
         "above task_time_limit, or a slow task runs twice.",
     )
+
+    lineage_admin_key: SecretStr | None = Field(
+        None,
+        description="Made an admin API key at start (at least 24 characters); unset: none.",
+    )
+    require_read_key: bool = Field(
+        False, description="Reads (GET, pages) need a reader key; default: reads are public."
+    )
+    rate_limit_window: int = Field(
+        60, gt=0, description="Length of the fixed window of the per-key limits, in seconds."
+    )
+    rate_limit_uploads: int = Field(
+        120, ge=0, description="Uploads (POST /parents, /detect) per key and window; 0: none."
+    )
+    rate_limit_jobs: int = Field(
+        120, ge=0, description="Detection jobs (POST /detect) per key and window; 0: none."
+    )
+
+    @field_validator("lineage_admin_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # An operator-chosen key is stored as a fast hash (app.auth.service): it must be a
+        # secret no one guesses, not a password or a placeholder.
+        if value is not None and len(value.get_secret_value()) < 24:
+            raise ValueError("LINEAGE_ADMIN_KEY must be at least 24 random characters")
+        return value
 
     @field_validator("database_url")
     @classmethod

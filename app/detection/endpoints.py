@@ -7,12 +7,14 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from app.auth.deps import SubmitterDep
 from app.core.deps import MetricsDep, ModelRequestDep, SessionDep, SettingsDep, model_request_body
 from app.detection import service
 from app.detection.audit import VERDICTS
 from app.detection.dispatch import Dispatcher
 from app.detection.schemas import DetectUpload, HubDetectRequest, JobAccepted, JobStatus
-from app.registry.schemas import model_source
+from app.lineage import service as lineage
+from app.registry.schemas import LimitQuery, OffsetQuery, model_source
 
 router = APIRouter(tags=["detection"])
 
@@ -32,15 +34,19 @@ DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
     summary="Find a child model's parent",
     responses={
         400: {"description": "Not a model, or an unknown method"},
+        401: {"description": "No API key, or an unknown or revoked one"},
+        403: {"description": "The key is a reader, or register_as_parent without curator"},
         409: {"description": "The name is already registered for other weights"},
         413: {"description": "Larger than MAX_MODEL_BYTES"},
         415: {"description": "Neither multipart/form-data nor JSON"},
         422: {"description": "Missing or invalid fields"},
+        429: {"description": "The key used up its uploads or jobs for now (see Retry-After)"},
         503: {"description": "The job was stored but the workers cannot be reached"},
     },
     openapi_extra=model_request_body(DetectUpload, HubDetectRequest),
 )
 def detect(
+    caller: SubmitterDep,
     body: ModelRequestDep,
     session: SessionDep,
     settings: SettingsDep,
@@ -54,6 +60,10 @@ def detect(
     `register_as_parent` (after detection, the child joins the catalog of candidate parents).
     Answers 202 with the job id; follow it at `GET /jobs/{job_id}` (the `Location` header).
     JSON `{"hub_id", "revision", "method", "register_as_parent"}` names a hub model instead.
+
+    Needs a submitter key; `register_as_parent` needs a curator key. Weights already registered
+    are the existing record, never renamed (`notice` says so); when that record belongs to
+    another key, the job reports its finding but writes no edge to it (unless curator).
     """
     fields = body.parse(DetectUpload, HubDetectRequest)
     submitted = service.submit(
@@ -64,12 +74,18 @@ def detect(
         name=getattr(fields, "name", None),
         method=fields.method,
         register_as_parent=fields.register_as_parent,
+        caller=caller,
     )
     if submitted.child_created:
         metrics.models_registered.labels("child").inc()
     metrics.jobs_created.inc()
     response.headers["Location"] = f"/jobs/{submitted.job.id}"
-    return {"job_id": submitted.job.id}
+    return {
+        "job_id": submitted.job.id,
+        "child": submitted.child_name,
+        "created": submitted.child_created,
+        "notice": submitted.notice,
+    }
 
 
 @router.get(
@@ -88,15 +104,28 @@ def get_job(job_id: str, session: SessionDep) -> dict:
 def get_audit(
     session: SessionDep,
     verdict: Annotated[
-        Literal[VERDICTS],
-        Query(description="Which verdict to list, e.g. undisclosed or mismatch."),
+        Literal[(*VERDICTS, "conflict")],
+        Query(
+            description="Which verdict to list, e.g. undisclosed or mismatch; `conflict`: the "
+            "edges detection found but the graph refused (they would close a cycle)."
+        ),
     ],
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: LimitQuery = 50,
+    offset: OffsetQuery = 0,
 ) -> dict:
     """Finished detections with this audit verdict, newest first: the child, the parent
     inferred from its weights, the parents its files declare (and whether each is in the
-    catalog), and the confidence."""
+    catalog), and the confidence. `verdict=conflict` lists instead, under `conflicts`, the edges
+    that detections found and the graph refused because they would close a cycle (parent,
+    child, job, why), newest first, for a curator to resolve (`DELETE /edges`, `POST /edges`)."""
+    if verdict == "conflict":
+        return {
+            "verdict": verdict,
+            "jobs": [],
+            "conflicts": lineage.graph_log(session, "conflict", limit, offset),
+            "limit": limit,
+            "offset": offset,
+        }
     return {
         "verdict": verdict,
         "jobs": service.audit_list(session, verdict, limit, offset),

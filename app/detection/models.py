@@ -8,6 +8,7 @@ from enum import StrEnum
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.auth.models import ApiKey
 from app.core.db import Base, utcnow
 
 
@@ -42,3 +43,7 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The API key that submitted it (NULL: submitted without one, or the key row is gone).
+    created_by: Mapped[int | None] = mapped_column(
+        ForeignKey(ApiKey.id, ondelete="SET NULL"), default=None
+    )

@@ -35,6 +35,13 @@ class JobAccepted(BaseModel):
     """``POST /detect``'s answer; poll ``GET /jobs/{job_id}`` (also the ``Location`` header)."""
 
     job_id: str
+    child: str = Field(description="The child's name: the existing record's for known weights.")
+    created: bool = Field(description="False when the child's weights were already registered.")
+    notice: str | None = Field(
+        None,
+        description="When the weights were already registered: under which name, and whether "
+        "this job may add edges to that model (only its owner or a curator may).",
+    )
 
 
 class JobError(BaseModel):

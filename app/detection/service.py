@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.auth.service import Caller, Role, authorize
 from app.core.config import Settings
 from app.core.db import after_commit, transaction, utcnow
 from app.detection.audit import audit_verdict
@@ -53,6 +54,8 @@ class Submitted:
 
     job: Job
     child_created: bool
+    child_name: str = ""
+    notice: str | None = None
 
 
 def submit(
@@ -64,6 +67,7 @@ def submit(
     name: str | None = None,
     method: str = AUTO,
     register_as_parent: bool = False,
+    caller: Caller | None = None,
 ) -> Submitted:
     """Store the child (``registry.ingest``) and queue a detection job for it.
 
@@ -73,19 +77,41 @@ def submit(
     The job reaches ``dispatcher`` once the caller's transaction commits, so a worker never looks
     for a row that is not there; if it cannot, the job is marked failed and ``QueueUnavailable``
     comes out of the commit.
+
+    ``caller`` (the API key; None: the command line, trusted) must be a curator to ask for
+    ``register_as_parent``. A job writes the graph (the inferred edge, and the declared edges of
+    the model card this request sent) only when the caller owns the child (registered it, now or
+    earlier) or is a curator: weights that are someone else's model get a result, but never an
+    edge or a declaration on that model from a stranger.
     """
     get_method(method)  # UnknownMethod, listing the valid names
-    child = registry.ingest(session, settings, source, name=name, candidate=False)
+    if register_as_parent and caller is not None:
+        authorize(caller, Role.CURATOR, "register_as_parent (promoting a model to a parent)")
+    child = registry.ingest(session, settings, source, name=name, candidate=False, caller=caller)
+    writes_graph = child.owned or caller is None or caller.has(Role.CURATOR)
     request = {
         "method": method,
         "register_as_parent": register_as_parent,
-        "declared": [d.to_dict() for d in child.declared],
+        "declared": [d.to_dict() for d in child.declared] if writes_graph else [],
+        "write_edges": writes_graph,
     }
     job = JobRepository(session).add(
-        Job(id=str(uuid.uuid4()), status=JobState.QUEUED, child_id=child.model.id, request=request)
+        Job(
+            id=str(uuid.uuid4()),
+            status=JobState.QUEUED,
+            child_id=child.model.id,
+            request=request,
+            created_by=caller.id if caller is not None else None,
+        )
     )
     after_commit(session, partial(_hand_over, session.get_bind(), dispatcher, job.id))
-    return Submitted(job, child.created)
+    notice = child.notice
+    if not writes_graph:
+        notice = (
+            f"{notice}; it belongs to another key, so this job's result will not add edges "
+            "to it and its model card here declares nothing (a curator or its owner can)"
+        )
+    return Submitted(job, child.created, child.model.name, notice)
 
 
 def _hand_over(bind, dispatcher: Dispatcher, job_id: str) -> None:
@@ -216,8 +242,13 @@ def record(factory: sessionmaker[Session], claimed: Claimed, result: dict) -> No
     The inferred parent gets an edge with the decision's scores; declared parents in the catalog
     that the weights did not confirm get declared edges, so the family tree shows the claim
     beside the finding. Each edge's evidence carries the job's audit verdict, which the family
-    tree shows on the edge. Edges the graph refuses (a cycle) are listed in the result."""
+    tree shows on the edge. Edges the graph refuses (a cycle) are listed in the result and
+    recorded as conflicts for review (``GET /audit?verdict=conflict``).
+
+    A job whose caller neither owns the child nor is a curator (``write_edges`` false) writes no
+    edge: its result says so (``edges_withheld``)."""
     request = claimed.request
+    writes_graph = request.get("write_edges", True)  # jobs from before keys: as they were
     if "declared" in request:  # what the request's own files declared
         declared = [DeclaredParent(**d) for d in request["declared"]]
     else:
@@ -238,8 +269,15 @@ def record(factory: sessionmaker[Session], claimed: Claimed, result: dict) -> No
             refusal = lineage.add_edge(session, parent, child, **fields)
             if refusal is not None:
                 refused.append(refusal)
+                if refusal["code"] == "cycle":  # kept for review, not dropped silently
+                    lineage.record_conflict(session, parent, child, claimed.job_id, refusal)
 
-        if decision["parent"] is not None:
+        if not writes_graph:
+            result["edges_withheld"] = (
+                "the child belongs to another key and this job's key is not a curator: "
+                "the finding is reported here, not written to the graph"
+            )
+        elif decision["parent"] is not None:
             parent = registry.get_by_name(session, decision["parent"])
             best = next(c for c in result["candidates"] if c["parent"] == decision["parent"])
             also_declared = declared_in_catalog.pop(parent.name, None)
@@ -255,7 +293,7 @@ def record(factory: sessionmaker[Session], claimed: Claimed, result: dict) -> No
                 relation=also_declared.relation if also_declared else "finetune",
                 declared=also_declared is not None,
             )
-        for name, stated in declared_in_catalog.items():
+        for name, stated in declared_in_catalog.items() if writes_graph else ():
             write_edge(
                 registry.get_by_name(session, name),
                 relation=stated.relation,

@@ -7,12 +7,25 @@ edges, and the graph sits above the catalog."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated, Literal
 
+from fastapi import APIRouter, Depends, Query, Response
+
+from app.auth.deps import require
+from app.auth.service import Caller, Role
 from app.core.deps import SessionDep, SettingsDep
 from app.lineage import service
-from app.lineage.schemas import DEFAULT_DEPTH, DEFAULT_WIDTH, DepthQuery, FamilyTree, WidthQuery
-from app.registry.schemas import ModelDetail
+from app.lineage.schemas import (
+    DEFAULT_DEPTH,
+    DEFAULT_WIDTH,
+    DepthQuery,
+    EdgeRequest,
+    FamilyTree,
+    GraphEventOut,
+    LineageEdge,
+    WidthQuery,
+)
+from app.registry.schemas import LimitQuery, ModelDetail, OffsetQuery
 
 router = APIRouter()
 
@@ -61,3 +74,80 @@ def get_lineage(
     # Caches must keep the two representations of this URL apart.
     response.headers["Vary"] = "Accept"
     return service.family_tree(session, name, settings.max_lineage_depth)
+
+
+CuratorDep = Annotated[Caller, Depends(require(Role.CURATOR))]
+NameQuery = Annotated[str, Query(min_length=1, max_length=300)]
+ReasonQuery = Annotated[
+    str, Query(min_length=1, max_length=500, description="Why: kept in the graph's log.")
+]
+EDGE_ERRORS = {
+    401: {"description": "No API key, or an unknown or revoked one"},
+    403: {"description": "The key's role is below curator"},
+    404: {"description": "No model, or no edge, has those names"},
+}
+
+
+class EdgeOut(LineageEdge):
+    """An edge with its evidence (who or what made it)."""
+
+    evidence: dict | None = None
+
+
+@router.delete(
+    "/edges",
+    response_model=EdgeOut,
+    tags=["lineage"],
+    summary="Delete an edge (curator)",
+    responses=EDGE_ERRORS,
+)
+def delete_edge(
+    caller: CuratorDep,
+    session: SessionDep,
+    parent: NameQuery,
+    child: NameQuery,
+    reason: ReasonQuery,
+) -> dict:
+    """Remove the edge `parent` → `child` (names as query parameters: they may contain `/`).
+    The deletion is kept in the graph's log (`GET /graph/log`) with the edge as it was, the key
+    and the reason. Needs a curator key."""
+    return service.delete_edge(session, parent, child, key_id=caller.id, reason=reason)
+
+
+@router.post(
+    "/edges",
+    status_code=201,
+    response_model=EdgeOut,
+    tags=["lineage"],
+    summary="State an edge (curator)",
+    responses={**EDGE_ERRORS, 409: {"description": "The edge would close a cycle"}},
+)
+def set_edge(caller: CuratorDep, body: EdgeRequest, session: SessionDep) -> dict:
+    """Write `parent` → `child` as a curator's statement (a declared edge whose evidence names
+    the curator's key and reason), or make the existing edge of that pair one; a cycle is a 409.
+    Logged in `GET /graph/log`. Needs a curator key."""
+    return service.set_edge(
+        session,
+        body.parent,
+        body.child,
+        relation=body.relation,
+        key_id=caller.id,
+        reason=body.reason,
+    )
+
+
+@router.get(
+    "/graph/log",
+    response_model=list[GraphEventOut],
+    tags=["lineage"],
+    summary="The graph's log: refused edges and curators' corrections",
+)
+def graph_log(
+    session: SessionDep,
+    kind: Annotated[Literal[service.EVENT_KINDS] | None, Query()] = None,
+    limit: LimitQuery = 50,
+    offset: OffsetQuery = 0,
+) -> list[dict]:
+    """Newest first: `conflict` (a detection's edge refused because it would close a cycle, kept
+    for review), `edge_deleted` and `edge_set` (curators' corrections, with key and reason)."""
+    return service.graph_log(session, kind, limit, offset)

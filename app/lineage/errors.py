@@ -16,3 +16,10 @@ class CycleRefused(LineageError):
 
     code = "cycle"
     status = 409
+
+
+class UnknownEdge(LineageError):
+    """No edge joins those two models."""
+
+    code = "unknown_edge"
+    status = 404

@@ -17,6 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.auth.models import ApiKey
 from app.core.db import Base, utcnow
 
 
@@ -40,4 +41,25 @@ class Edge(Base):
     scores: Mapped[dict | None] = mapped_column(JSON)
     evidence: Mapped[dict | None] = mapped_column(JSON)
     declared: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class GraphEvent(Base):
+    """A change to the graph worth a reviewer's eye, kept as history: ``conflict`` (a job's edge
+    refused because it would close a cycle; written instead of being dropped silently),
+    ``edge_deleted`` and ``edge_set`` (a curator's corrections). The names are copied, so the
+    entry still reads after a model is deleted; ``key_id`` is the API key that acted (NULL for a
+    job's conflict, which ``job_id`` names)."""
+
+    __tablename__ = "graph_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    child_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    parent_name: Mapped[str] = mapped_column(String(300))
+    child_name: Mapped[str] = mapped_column(String(300))
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    key_id: Mapped[int | None] = mapped_column(ForeignKey(ApiKey.id, ondelete="SET NULL"))
+    detail: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

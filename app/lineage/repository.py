@@ -19,7 +19,7 @@ from sqlalchemy import Integer, Select, and_, literal, select, text
 from sqlalchemy.orm import Session
 
 from app.lineage.errors import CycleRefused, SelfEdge
-from app.lineage.models import Edge
+from app.lineage.models import Edge, GraphEvent
 from app.registry.models import Model
 
 # Any fixed 64-bit key: "the lineage graph is being written".
@@ -139,3 +139,29 @@ class LineageRepository:
             self.session.add(edge)
         self.session.flush()
         return edge
+
+    def edge(self, parent_id: int, child_id: int) -> Edge | None:
+        """The edge parent → child, if any."""
+        return self.session.scalars(
+            select(Edge).where(Edge.parent_id == parent_id, Edge.child_id == child_id)
+        ).first()
+
+    def delete_edge(self, edge: Edge) -> None:
+        """Remove ``edge`` (under the graph's write lock, like every graph write)."""
+        self._lock_graph()
+        self.session.delete(edge)
+        self.session.flush()
+
+    def add_event(self, event: GraphEvent) -> GraphEvent:
+        """Record a graph event (flushed)."""
+        self.session.add(event)
+        self.session.flush()
+        return event
+
+    def events(self, kind: str | None, limit: int, offset: int) -> list[GraphEvent]:
+        """Graph events (of ``kind``, or all), newest first."""
+        query = select(GraphEvent)
+        if kind is not None:
+            query = query.where(GraphEvent.kind == kind)
+        query = query.order_by(GraphEvent.id.desc()).limit(limit).offset(offset)
+        return list(self.session.scalars(query))

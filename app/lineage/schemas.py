@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 # How much of a family the page browsers get at ``GET /lineage/{name}`` draws by default, and
 # at most per level; the route of either representation takes and validates them.
@@ -51,3 +51,33 @@ class FamilyTree(BaseModel):
     ancestors: list[RelativeOut]
     descendants: list[RelativeOut]
     edges: list[LineageEdge]
+
+
+Reason = Annotated[
+    str, Field(min_length=1, max_length=500, description="Why: kept in the graph's log.")
+]
+
+
+class EdgeRequest(BaseModel):
+    """``POST /edges``: a curator states parent → child (names may contain ``/``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parent: str = Field(max_length=300)
+    child: str = Field(max_length=300)
+    relation: str = Field("finetune", max_length=32, pattern=r"^[a-z_]+$")
+    reason: Reason
+
+
+class GraphEventOut(BaseModel):
+    """One entry of the graph's log: a refused edge (``conflict``) or a curator's correction
+    (``edge_deleted``, ``edge_set``)."""
+
+    id: int
+    kind: str
+    parent: str
+    child: str
+    job_id: str | None = Field(description="The job whose edge was refused (conflicts).")
+    key_id: int | None = Field(description="The API key that made the correction.")
+    detail: dict | None = Field(description="Reason, the edge before or after, the refusal.")
+    created_at: str | None

@@ -3,16 +3,20 @@ and no commit here; SQL lives in ``repository``, catalog records come from ``app
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.lineage.errors import CycleRefused, SelfEdge
-from app.lineage.models import Edge
+from app.lineage.errors import CycleRefused, SelfEdge, UnknownEdge
+from app.lineage.models import Edge, GraphEvent
 from app.lineage.repository import LineageRepository, Relative
 from app.registry import service as registry
 from app.registry.models import Model
+
+log = logging.getLogger(__name__)
+EVENT_KINDS = ("conflict", "edge_deleted", "edge_set")
 
 
 @dataclass(frozen=True)
@@ -106,3 +110,113 @@ def add_edge(session: Session, parent: Model, child: Model, **fields: Any) -> di
     except (CycleRefused, SelfEdge) as exc:
         return {"parent": parent.name, "code": exc.code, "message": exc.message}
     return None
+
+
+def record_conflict(
+    session: Session, parent: Model, child: Model, job_id: str | None, refusal: dict
+) -> None:
+    """Keep an edge the graph refused (it would close a cycle) as a ``conflict`` event for a
+    curator to review (``GET /audit?verdict=conflict``), rather than dropping it silently."""
+    LineageRepository(session).add_event(
+        GraphEvent(
+            kind="conflict",
+            parent_id=parent.id,
+            child_id=child.id,
+            parent_name=parent.name,
+            child_name=child.name,
+            job_id=job_id,
+            detail={"code": refusal["code"], "message": refusal["message"]},
+        )
+    )
+
+
+def _edge_between(session: Session, parent_name: str, child_name: str) -> tuple[Edge, dict]:
+    parent = registry.get_by_name(session, parent_name)
+    child = registry.get_by_name(session, child_name)
+    edge = LineageRepository(session).edge(parent.id, child.id)
+    if edge is None:
+        raise UnknownEdge(f"no edge {parent_name!r} → {child_name!r}")
+    return edge, {parent.id: parent.name, child.id: child.name}
+
+
+def delete_edge(
+    session: Session, parent_name: str, child_name: str, *, key_id: int | None, reason: str
+) -> dict:
+    """Delete the edge parent → child (a curator's correction), logged as an ``edge_deleted``
+    event with the edge as it was, the key and the reason. ``UnknownModel``/``UnknownEdge``."""
+    edge, names = _edge_between(session, parent_name, child_name)
+    before = edge_dict(edge, names, with_evidence=True)
+    repository = LineageRepository(session)
+    repository.delete_edge(edge)
+    repository.add_event(
+        GraphEvent(
+            kind="edge_deleted",
+            parent_id=edge.parent_id,
+            child_id=edge.child_id,
+            parent_name=parent_name,
+            child_name=child_name,
+            key_id=key_id,
+            detail={"reason": reason, "edge": before},
+        )
+    )
+    log.info("key %s deleted edge %s -> %s: %s", key_id, parent_name, child_name, reason)
+    return before
+
+
+def set_edge(
+    session: Session,
+    parent_name: str,
+    child_name: str,
+    *,
+    relation: str,
+    key_id: int | None,
+    reason: str,
+) -> dict:
+    """Write parent → child as a curator's statement (declared, ``evidence.source`` curator),
+    or make the existing edge of that pair one; logged as an ``edge_set`` event. A self-edge or
+    a cycle is refused (``SelfEdge``, ``CycleRefused``: the curator is told at once)."""
+    parent = registry.get_by_name(session, parent_name)
+    child = registry.get_by_name(session, child_name)
+    repository = LineageRepository(session)
+    existing = repository.edge(parent.id, child.id)  # its inferred scores stay
+    edge = repository.add_edge(
+        parent.id,
+        child.id,
+        relation=relation,
+        score=existing.score if existing else None,
+        method=existing.method if existing else None,
+        scores=existing.scores if existing else None,
+        declared=True,
+        evidence={"source": "curator", "key_id": key_id, "reason": reason},
+    )
+    written = edge_dict(edge, {parent.id: parent.name, child.id: child.name}, with_evidence=True)
+    repository.add_event(
+        GraphEvent(
+            kind="edge_set",
+            parent_id=parent.id,
+            child_id=child.id,
+            parent_name=parent.name,
+            child_name=child.name,
+            key_id=key_id,
+            detail={"reason": reason, "edge": written},
+        )
+    )
+    log.info("key %s set edge %s -> %s: %s", key_id, parent_name, child_name, reason)
+    return written
+
+
+def graph_log(session: Session, kind: str | None, limit: int, offset: int) -> list[dict]:
+    """Graph events (conflicts, curators' corrections), newest first, as public JSON."""
+    return [
+        {
+            "id": event.id,
+            "kind": event.kind,
+            "parent": event.parent_name,
+            "child": event.child_name,
+            "job_id": event.job_id,
+            "key_id": event.key_id,
+            "detail": event.detail,
+            "created_at": event.created_at.isoformat() if event.created_at else None,
+        }
+        for event in LineageRepository(session).events(kind, limit, offset)
+    ]

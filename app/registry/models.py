@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, LargeBinary, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.auth.models import ApiKey
 from app.core.db import Base, utcnow
 
 
@@ -40,3 +50,8 @@ class Model(Base):
     sketch_outputs: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     sketch_outputs_key: Mapped[str | None] = mapped_column(String(32), deferred=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The API key that registered it: its owner, who alone (with curators) may declare its
+    # parents. NULL: registered without a key (command line, benchmark, before keys existed).
+    created_by: Mapped[int | None] = mapped_column(
+        ForeignKey(ApiKey.id, ondelete="SET NULL"), default=None
+    )

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from sqlalchemy import Row, Select, func, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -61,25 +59,6 @@ class ModelRepository:
         those of that architecture or of none (filtered in SQL)."""
         query = self._catalog(select(Model), exclude_id, architecture)
         return list(self.session.scalars(query.order_by(Model.id)))
-
-    def candidate_sketches(self, exclude_id: int, architecture: str | None) -> Iterator[Row]:
-        """(id, sketch_layout, sketch, sketch_outputs_key, sketch_outputs) of every one of
-        ``candidates``, streamed a few hundred rows at a time, in no particular order: sorting
-        rows that carry their sketches (an OR of two index lookups cannot return them in id
-        order) would copy every sketch into a temporary table first."""
-        column = Model.__table__.c  # plain columns: rows come back as tuples, no ORM objects
-        query = self._catalog(
-            select(
-                column.id,
-                column.sketch_layout,
-                column.sketch,
-                column.sketch_outputs_key,
-                column.sketch_outputs,
-            ),
-            exclude_id,
-            architecture,
-        )
-        yield from self.session.execute(query.execution_options(yield_per=256))
 
     def by_ids(self, ids: list[int]) -> list[Model]:
         """The models with these ids, oldest first (ids that no longer exist are left out)."""

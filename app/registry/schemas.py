@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, BinaryIO
 
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app.registry.service import HubReference, ModelSource, Upload
@@ -17,6 +18,14 @@ ModelName = Annotated[
     str,
     StringConstraints(min_length=1, max_length=300, pattern=NAME_PATTERN),
     Field(description="A model's name, e.g. `org/name` (letters, digits, `_`, `.`, `-`, `/`)."),
+]
+
+# Paging stops here: far beyond any catalog, and within every database's integers (an offset
+# past 2**63 was a 500 from the database driver).
+MAX_OFFSET = 10**9
+LimitQuery = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
+OffsetQuery = Annotated[
+    int, Query(ge=0, le=MAX_OFFSET, description="Items to skip (at most 1,000,000,000).")
 ]
 
 
@@ -39,6 +48,11 @@ class RegisteredModel(ModelRecord):
 
     created: bool = Field(
         description="False when the same weights were already registered (the existing record)."
+    )
+    notice: str | None = Field(
+        None,
+        description="When the weights were already registered: under which name (the record is "
+        "never renamed by a later upload), and whether another key registered them.",
     )
 
 

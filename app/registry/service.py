@@ -17,6 +17,7 @@ from typing import BinaryIO
 import numpy as np
 from sqlalchemy.orm import Session
 
+from app.auth.service import Caller, Role
 from app.core.config import Settings
 from app.engine.model_files import LoadedModel
 from app.engine.sketch import model_sketch, output_sketch
@@ -56,6 +57,10 @@ class Ingested:
     model: Model
     created: bool
     declared: list[DeclaredParent]
+    # Whether the caller owns the record (created it now or earlier; no caller: the command
+    # line or the benchmark, trusted), and what to tell a caller about an existing record.
+    owned: bool = True
+    notice: str | None = None
 
 
 def default_name(loaded: LoadedModel) -> str:
@@ -70,12 +75,15 @@ def ingest(
     *,
     name: str | None,
     candidate: bool,
+    caller: Caller | None = None,
 ) -> Ingested:
     """Store, validate and register a model; the same weights twice give the existing record.
 
     ``name``: an upload's name (None: ``default_name``); a hub model is always named by its hub
     ID and pinned to the commit its revision resolves to. ``candidate``: whether the record is a
-    catalog parent that new children are scored against.
+    catalog parent that new children are scored against. ``caller``: the API key asking (None:
+    the command line or the benchmark); a new record is its, an existing one is never renamed
+    and becomes a candidate only for a curator (``Ingested.notice`` says what was kept).
     """
     hub_id = revision = None
     if isinstance(source, HubReference):
@@ -96,12 +104,26 @@ def ingest(
             hub_id=hub_id,
             revision=revision,
             device=settings.device,
+            caller=caller,
         )
     except NameTaken:
         if fresh:  # weights this request stored for a record that was refused
             shutil.rmtree(folder, ignore_errors=True)
         raise
-    return Ingested(model, created, declared)
+    owned = created or caller is None or model.created_by == caller.id
+    notice = None if created else existing_notice(model, name, owned)
+    return Ingested(model, created, declared, owned, notice)
+
+
+def existing_notice(model: Model, name: str | None, owned: bool) -> str:
+    """What a request that sent already registered weights is told: the record is the existing
+    one, under its first name, unchanged by this request's name or model card."""
+    asked = f"; the name {name!r} was not used" if name and name != model.name else ""
+    whose = "" if owned else " by another key"
+    return (
+        f"these weights (sha256 {model.sha256[:12]}…) are already registered as "
+        f"{model.name!r}{whose}{asked}: this is the existing record"
+    )
 
 
 def register(
@@ -114,18 +136,21 @@ def register(
     hub_id: str | None = None,
     revision: str | None = None,
     device: str = "cpu",
+    caller: Caller | None = None,
 ) -> tuple[Model, bool]:
     """The catalog record of these stored weights, created if new: (record, created).
 
-    The same weights registered again return the existing record (under its first name); asking
-    for them as a candidate parent makes the record one. A name already used by other weights
-    raises ``NameTaken``. The record's sketch is computed here, its output part by one forward
-    pass on ``device`` (the engine's).
+    The same weights registered again return the existing record (under its first name, never
+    renamed); asking for them as a candidate parent makes the record one only when ``caller`` is
+    a curator (or None: the command line). A name already used by other weights raises
+    ``NameTaken``. A new record is ``caller``'s (``created_by``). The record's sketch is computed
+    here, its output part by one forward pass on ``device`` (the engine's).
     """
     repository = ModelRepository(session)
     existing = repository.by_sha256(loaded.sha256)
     if existing is not None:
-        if candidate and not existing.is_candidate:
+        may_promote = caller is None or caller.has(Role.CURATOR)
+        if candidate and may_promote and not existing.is_candidate:
             existing.is_candidate = True
         if existing.sketch is None:  # registered before sketches existed
             _store_sketch(existing, loaded, device)
@@ -145,6 +170,7 @@ def register(
         num_parameters=loaded.num_parameters,
         storage_path=str(folder),
         is_candidate=candidate,
+        created_by=caller.id if caller is not None else None,
     )
     _store_sketch(record, loaded, device)
     if repository.insert(record):
