@@ -538,9 +538,11 @@ class SketchIndex:
             rows, positions = stack.matches(order, sorted_ids)
             keep = wanted[positions]
             rows, positions = rows[keep], positions[keep]
-            if len(rows):
-                squared = np.square(stack.array()[rows] - child.outputs)
-                distances[positions, 2] = np.sqrt(squared.sum(axis=1))
+            matrix = stack.array()
+            for begin in range(0, len(rows), self.BATCH):  # a batch at a time: stays in cache
+                part = slice(begin, begin + self.BATCH)
+                squared = np.square(matrix[rows[part]] - child.outputs)
+                distances[positions[part], 2] = np.sqrt(squared.sum(axis=1))
         return distances
 
 
