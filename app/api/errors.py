@@ -9,12 +9,17 @@ request validation (422), and Starlette's own 404/405/413. Anything else is a bu
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sql
 from starlette.exceptions import HTTPException
 
 from app.engine.errors import LineageError
+
+log = logging.getLogger(__name__)
 
 # Codes of Starlette's own HTTP errors (unknown route, wrong method, body over the limit...).
 HTTP_CODES = {
@@ -75,8 +80,30 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, message, headers=exc.headers)
 
 
+# Seconds a client is told to wait before trying again while the database does not answer.
+DATABASE_RETRY_AFTER = 5
+
+
+async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    """The database cannot be reached (refused, dropped, timed out, pool exhausted): a 503 a
+    client can retry, on every endpoint, rather than a 500. The driver's message (hosts,
+    ports) is logged by the server, not sent."""
+    log.warning("database unavailable: %s", exc)
+    return error_response(
+        503,
+        "database_unavailable",
+        "the database does not answer; nothing was changed, try again shortly",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Register the handlers of ``LineageError``, request validation and Starlette's errors."""
+    """Register the handlers of ``LineageError``, request validation, Starlette's errors and
+    a database that cannot be reached (503 ``database_unavailable``)."""
     app.add_exception_handler(LineageError, _lineage_error)
+    # OperationalError: the connection was refused or dropped; InterfaceError: it was closed
+    # under us; TimeoutError: no connection came free from the pool.
+    for fault in (sql.OperationalError, sql.InterfaceError, sql.TimeoutError):
+        app.add_exception_handler(fault, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
