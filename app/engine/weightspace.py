@@ -148,15 +148,6 @@ def _steps(child: LoadedModel, matches: list[dict], outward: bool, budget: int) 
 CHUNK = 1 << 17
 
 
-def _squared_norms(rows: torch.Tensor) -> torch.Tensor:
-    """‖row‖² of each row, float64 on the CPU, summed chunk by chunk."""
-    total = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
-    for begin in range(0, rows.shape[1], CHUNK):
-        part = torch.linalg.vector_norm(rows[:, begin : begin + CHUNK], dim=1).double()
-        total += part.pow(2)
-    return total.cpu()
-
-
 def _squared_distances(stacked: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
     """‖row − mine‖² of each row of ``stacked``, float64 on the CPU; ``stacked`` is overwritten
     with the differences (in place, chunk by chunk: no temporary the size of the block)."""
@@ -231,7 +222,7 @@ def weight_evidence(
                 # θ_k − θ̄ = d_k − d̄ and θ_c − θ̄ = −d̄, with d_k = θ_k − θ_c
                 centre = stacked.mean(0)
                 child_spread += float(torch.linalg.vector_norm(centre)) ** 2
-                spread += _squared_norms(stacked.sub_(centre))
+                spread += _squared_distances(stacked, centre)
             if step.last:
                 index = torch.tensor(step.members)
                 squared[index] += d_sq

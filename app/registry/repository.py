@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Select, func, or_, select
+from collections.abc import Iterator
+
+from sqlalchemy import Row, Select, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -59,6 +61,34 @@ class ModelRepository:
         those of that architecture or of none (filtered in SQL)."""
         query = self._catalog(select(Model), exclude_id, architecture)
         return list(self.session.scalars(query.order_by(Model.id)))
+
+    def candidate_summaries(self, exclude_id: int, architecture: str | None) -> list[Row]:
+        """(id, sha256, sketch_layout, sketch_outputs_key) of every one of ``candidates``, in
+        no particular order: what a shortlist needs to know which sketches it has, without
+        reading any sketch."""
+        column = Model.__table__.c  # plain columns: rows come back as tuples, no ORM objects
+        query = self._catalog(
+            select(column.id, column.sha256, column.sketch_layout, column.sketch_outputs_key),
+            exclude_id,
+            architecture,
+        )
+        return list(self.session.execute(query).all())
+
+    def sketches(self, ids: list[int]) -> Iterator[Row]:
+        """(id, sha256, sketch_layout, sketch, sketch_outputs_key, sketch_outputs) of the models
+        ``ids``, a few hundred at a time."""
+        column = Model.__table__.c
+        for start in range(0, len(ids), 500):  # well within every database's bound parameters
+            yield from self.session.execute(
+                select(
+                    column.id,
+                    column.sha256,
+                    column.sketch_layout,
+                    column.sketch,
+                    column.sketch_outputs_key,
+                    column.sketch_outputs,
+                ).where(column.id.in_(ids[start : start + 500]))
+            )
 
     def by_ids(self, ids: list[int]) -> list[Model]:
         """The models with these ids, oldest first (ids that no longer exist are left out)."""

@@ -49,13 +49,7 @@ def nearest_ids(session: Session, child: Model, size: int) -> tuple[list[int], i
     catalog model without a sketch, oldest first; how many catalog models of the child's
     architecture there are). Every catalog model when there are ``size`` or fewer."""
     repository = ModelRepository(session)
-    column = Model.__table__.c  # plain columns: rows come back as tuples, no ORM objects
-    light = repository._catalog(
-        select(column.id, column.sha256, column.sketch_layout, column.sketch_outputs_key),
-        child.id,
-        child.architecture,
-    )
-    rows = session.execute(light).all()
+    rows = repository.candidate_summaries(child.id, child.architecture)
     if len(rows) <= size:
         return sorted(row.id for row in rows), len(rows)
     index = index_for(session)
@@ -80,7 +74,7 @@ def nearest_ids(session: Session, child: Model, size: int) -> tuple[list[int], i
             )
             if layout in index.keys and not index.has(model_id, sha256, outputs_key)
         ]
-        aside = _read_missing(session, index, missing)
+        aside = _read_missing(repository, index, missing)
         present = np.array(
             [
                 layout is not None and not index.misfit(model_id, sha256)
@@ -104,23 +98,15 @@ def nearest_ids(session: Session, child: Model, size: int) -> tuple[list[int], i
     return sorted(int(ids[oldest_first[i]]) for i in picked), len(rows)
 
 
-def _read_missing(session: Session, index: SketchIndex, ids: list[int]) -> dict[int, tuple]:
+def _read_missing(
+    repository: ModelRepository, index: SketchIndex, ids: list[int]
+) -> dict[int, tuple]:
     """Read the sketches of models ``ids`` into ``index``; those it has no room for are
     returned, id → (layout, sketch, outputs key, outputs), to be compared as read."""
-    column = Model.__table__.c
     aside: dict[int, tuple] = {}
-    for start in range(0, len(ids), 500):  # well within every database's bound parameters
-        query = select(
-            column.id,
-            column.sha256,
-            column.sketch_layout,
-            column.sketch,
-            column.sketch_outputs_key,
-            column.sketch_outputs,
-        ).where(column.id.in_(ids[start : start + 500]))
-        for model_id, sha256, layout, data, outputs_key, outputs in session.execute(query):
-            if data is None:
-                continue
-            if not index.add(model_id, sha256, layout, data, outputs_key, outputs):
-                aside[model_id] = (layout, data, outputs_key, outputs)
+    for model_id, sha256, layout, data, outputs_key, outputs in repository.sketches(ids):
+        if data is None:
+            continue
+        if not index.add(model_id, sha256, layout, data, outputs_key, outputs):
+            aside[model_id] = (layout, data, outputs_key, outputs)
     return aside
