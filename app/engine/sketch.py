@@ -319,8 +319,7 @@ class SketchScan:
             distances[positions, :2] = values
         positions, vectors = self._outputs
         if positions and self.child.outputs is not None:
-            squared = np.square(np.stack(vectors) - self.child.outputs)
-            distances[positions, 2] = np.sqrt(squared.sum(axis=1))
+            distances[positions, 2] = _output_distances(np.stack(vectors), self.child)
         present = np.zeros(count, dtype=bool)
         present[self._present] = True
         present[self._absent] = False
@@ -383,6 +382,11 @@ def _weight_distances(
     np.subtract(squared, own, out=squared)
     np.square(squared, out=squared)
     return np.sqrt(squared.reshape(count, 2, -1).sum(axis=2))
+
+
+def _output_distances(vectors: np.ndarray, child: Sketch) -> np.ndarray:
+    """(B,) distances of candidates' output parts (B, OUTPUT_DIM) to the child's."""
+    return np.sqrt(np.square(vectors - child.outputs).sum(axis=1))
 
 
 def _as_halves(rows: np.ndarray, tensors: int) -> np.ndarray:
@@ -541,8 +545,7 @@ class SketchIndex:
             matrix = stack.array()
             for begin in range(0, len(rows), self.BATCH):  # a batch at a time: stays in cache
                 part = slice(begin, begin + self.BATCH)
-                squared = np.square(matrix[rows[part]] - child.outputs)
-                distances[positions[part], 2] = np.sqrt(squared.sum(axis=1))
+                distances[positions[part], 2] = _output_distances(matrix[rows[part]], child)
         return distances
 
 
