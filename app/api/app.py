@@ -20,6 +20,7 @@ from app.api.errors import install_error_handlers
 from app.api.health import router as health_router
 from app.api.middleware import (
     JsonBodyLimitMiddleware,
+    NulInUrlMiddleware,
     RequestMetricsMiddleware,
     UnexpectedErrorMiddleware,
 )
@@ -93,6 +94,7 @@ def create_app(
 
     install_error_handlers(app)
     app.add_middleware(JsonBodyLimitMiddleware)  # every route's JSON body: at most 1 MB
+    app.add_middleware(NulInUrlMiddleware)  # a NUL in a path or query value: 422, not a 500
     app.add_middleware(UnexpectedErrorMiddleware)
     # Added last, so outermost: it also counts the 500s the error middleware answers.
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)

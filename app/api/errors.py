@@ -75,6 +75,17 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI answers a JSON body that is not UTF-8 with a bare 400 "There was an error
+        # parsing the body", which no route documents (found by tests/test_schemathesis.py on
+        # POST /keys and POST /edges). It is malformed JSON: answered as the model endpoints
+        # (app.core.deps.read_json_body) and FastAPI's own JSON errors are, 422 invalid_request.
+        malformed = {
+            "type": "json_invalid",
+            "loc": ("body",),
+            "msg": f"malformed JSON: {exc.__cause__}",
+        }
+        return await _validation_error(request, RequestValidationError([malformed]))
     code = HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
     message = f"{exc.detail}: {request.method} {request.url.path}"
     return error_response(exc.status_code, code, message, headers=exc.headers)

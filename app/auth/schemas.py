@@ -15,7 +15,10 @@ class KeyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: RoleName
-    name: str | None = Field(None, max_length=100, description="Whose key, or what for.")
+    # No NUL: PostgreSQL text cannot hold one; it was a 500 (found by tests/test_schemathesis.py).
+    name: str | None = Field(
+        None, max_length=100, pattern=r"^[^\x00]*$", description="Whose key, or what for."
+    )
 
 
 class KeyRecord(BaseModel):

@@ -41,7 +41,10 @@ DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
         415: {"description": "Neither multipart/form-data nor JSON"},
         422: {"description": "Missing or invalid fields"},
         429: {"description": "The key used up its uploads or jobs for now (see Retry-After)"},
-        503: {"description": "The job was stored but the workers cannot be reached"},
+        503: {
+            "description": "The hub cannot be reached (hub_offline), or the job was stored but "
+            "the workers cannot be reached"
+        },
     },
     openapi_extra=model_request_body(DetectUpload, HubDetectRequest),
 )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Integer, Select, and_, literal, select, text
+from sqlalchemy import Integer, Select, and_, literal, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from app.lineage.errors import CycleRefused, SelfEdge
@@ -165,3 +165,26 @@ class LineageRepository:
             query = query.where(GraphEvent.kind == kind)
         query = query.order_by(GraphEvent.id.desc()).limit(limit).offset(offset)
         return list(self.session.scalars(query))
+
+    def edges_of(self, model_id: int) -> list[Edge]:
+        """Every edge into or out of ``model_id``, oldest first, read under the graph's write
+        lock (taken for the rest of the transaction: no edge to it can be added meanwhile)."""
+        self._lock_graph()
+        return list(
+            self.session.scalars(
+                select(Edge)
+                .where(or_(Edge.parent_id == model_id, Edge.child_id == model_id))
+                .order_by(Edge.id)
+            )
+        )
+
+    def release_events(self, model_id: int) -> None:
+        """Graph events that name ``model_id`` by id let go of it (``parent_id``/``child_id``
+        NULL), as ``ON DELETE SET NULL`` would: their copied names still read."""
+        for column in ("parent_id", "child_id"):
+            self.session.execute(
+                update(GraphEvent)
+                .where(getattr(GraphEvent, column) == model_id)
+                .values({column: None})
+                .execution_options(synchronize_session=False)
+            )

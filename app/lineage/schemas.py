@@ -53,8 +53,14 @@ class FamilyTree(BaseModel):
     edges: list[LineageEdge]
 
 
+# No NUL character in the text fields of a body: PostgreSQL text cannot hold one, and the
+# driver's refusal was a 500 (found by tests/test_schemathesis.py); now a 422 like any bad field.
+NO_NUL = r"^[^\x00]*$"
 Reason = Annotated[
-    str, Field(min_length=1, max_length=500, description="Why: kept in the graph's log.")
+    str,
+    Field(
+        min_length=1, max_length=500, pattern=NO_NUL, description="Why: kept in the graph's log."
+    ),
 ]
 
 
@@ -63,8 +69,8 @@ class EdgeRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    parent: str = Field(max_length=300)
-    child: str = Field(max_length=300)
+    parent: str = Field(max_length=300, pattern=NO_NUL)
+    child: str = Field(max_length=300, pattern=NO_NUL)
     relation: str = Field("finetune", max_length=32, pattern=r"^[a-z_]+$")
     reason: Reason
 

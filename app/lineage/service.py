@@ -220,3 +220,41 @@ def graph_log(session: Session, kind: str | None, limit: int, offset: int) -> li
         }
         for event in LineageRepository(session).events(kind, limit, offset)
     ]
+
+
+def remove_edges_of(session: Session, model: Model, key_id: int | None, reason: str) -> dict:
+    """Remove every edge into or out of ``model`` (it is being deleted: ``registry.delete_model``
+    runs this in its transaction), each logged as an ``edge_deleted`` event with the edge as it
+    was, ``key_id`` and ``reason``; older events let go of the model's id (their names stay).
+    Answers ``{"edges_removed": n}``."""
+    repository = LineageRepository(session)
+    edges = repository.edges_of(model.id)
+    names = {model.id: model.name}
+    for edge in edges:
+        for end in (edge.parent_id, edge.child_id):
+            if end not in names:
+                other = registry.get_by_id(session, end)
+                names[end] = other.name if other is not None else f"#{end}"
+    for edge in edges:
+        before = edge_dict(edge, names, with_evidence=True)
+        repository.delete_edge(edge)
+        repository.add_event(
+            GraphEvent(
+                kind="edge_deleted",
+                parent_id=None if edge.parent_id == model.id else edge.parent_id,
+                child_id=None if edge.child_id == model.id else edge.child_id,
+                parent_name=before["parent"],
+                child_name=before["child"],
+                key_id=key_id,
+                detail={"reason": reason, "deleted_model": model.name, "edge": before},
+            )
+        )
+        log.info(
+            "key %s removed edge %s -> %s: %s", key_id, before["parent"], before["child"], reason
+        )
+    repository.release_events(model.id)
+    return {"edges_removed": len(edges)}
+
+
+# A model's deletion (an admin's, ``registry.delete_model``) removes its edges, each logged.
+registry.on_model_deletion("lineage.edges", remove_edges_of)

@@ -82,6 +82,20 @@ class ModelPage(BaseModel):
     offset: int
 
 
+class DeletedModel(BaseModel):
+    """The answer to ``DELETE /models/{name}``: what went with the model."""
+
+    name: str
+    sha256: str
+    edges_removed: int = Field(
+        description="Edges into or out of the model, removed; each is in `GET /graph/log`."
+    )
+    jobs_failed: int = Field(
+        description="Its queued or running jobs, now failed with `unknown_model` (every job "
+        "keeps its row, without the model)."
+    )
+
+
 class ParentUpload(BaseModel):
     """The text fields of a multipart ``POST /parents`` (the files come in ``files``)."""
 
