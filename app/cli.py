@@ -362,6 +362,29 @@ def keys_revoke(key_id: int = typer.Argument(..., help="The key's id (see `linea
     typer.echo(f"revoked {record.role} key {record.id} ({record.prefix}…)")
 
 
+@cli.command("delete-model")
+def delete_model(
+    name: str = typer.Argument(..., help="The model's name, e.g. org/name."),
+) -> None:
+    """Delete a model from the service's database: its edges go (each kept in the graph's log
+    with the reason "model deleted"), its queued or running jobs fail with unknown_model (every
+    job keeps its row), and its stored files are removed once the deletion has committed."""
+    import app.lineage.service  # noqa: F401  (registers the removal of the model's edges)
+    from app.core.db import transaction
+    from app.registry import service as registry
+
+    _settings, factory = _prepared_database()
+    try:
+        with transaction(factory) as session:
+            deleted = registry.delete_model(session, name)
+    except LineageError as exc:
+        _fail(exc.message)
+    typer.echo(
+        f"deleted model {deleted['name']}: {deleted.get('edges_removed', 0)} edge(s) removed "
+        f"(logged), {deleted['jobs_failed']} unfinished job(s) failed"
+    )
+
+
 @cli.command()
 def worker(
     concurrency: int = typer.Option(
@@ -550,6 +573,12 @@ def bench_speed(
     shortlist: int = typer.Option(
         16, "--shortlist", help="Shortlist size K of the catalog section."
     ),
+    catalog_size: str = typer.Option(
+        "mlp",
+        "--catalog-size",
+        help="Model size of the catalog section's family (mlp, bert-base, gpt2-small, "
+        "llama-1b); its real models are registered once, the rest of each catalog synthetic.",
+    ),
     off_up_to: int = typer.Option(
         1000, help="Largest catalog also timed with the shortlist off (every model scored)."
     ),
@@ -587,6 +616,7 @@ def bench_speed(
                 device=str(torch_device),
                 log=bar.log,
                 command=command,
+                catalog_size=catalog_size,
             )
         if out is not None:
             out.write_text(report)

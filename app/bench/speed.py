@@ -14,10 +14,12 @@ that prints it, on the machine it names:
   off, the ratio of the two and whether the rankings are identical, beside the floor of reading
   the child's and the K candidates' weights once;
 - **catalog**: one detection job, run by the worker's own steps (claim, score, record) on a
-  SQLite catalog of 10 … 10,000 models, with the shortlist on and off. The family that matters
-  (the child's parent and its siblings) is registered for real; the rest of the catalog are
-  copies of those rows whose sketches are moved by seeded noise (registering 10,000 models would
-  measure registration, not detection), pointing at the real models' files.
+  SQLite catalog of 10 … 10,000 models, with the shortlist on and off, on a family of one size
+  (``--catalog-size``: the tiny MLP by default). The family that matters (the child's parent and
+  its siblings) is registered for real, once, in one database that grows through the catalog
+  sizes; the rest of the catalog are copies of those rows whose sketches are moved by seeded
+  noise (registering 10,000 models would measure registration, not detection), pointing at the
+  real models' files.
 
 Peak memory is the process's resident high-water mark above its resident size when the
 measurement starts (Linux ``/proc/self/clear_refs`` resets the mark); weights are read with
@@ -430,6 +432,14 @@ class HeldJobs:
         pass
 
 
+# What the catalog section's heading calls each family.
+FAMILY_LABELS = {"mlp": "tiny MLP family"}
+
+
+def family_label(size: str) -> str:
+    return FAMILY_LABELS.get(size, f"{size} family")
+
+
 def catalog(
     root: Path,
     catalogs: list[int],
@@ -438,9 +448,17 @@ def catalog(
     method: str,
     device: str,
     log: Log,
+    family_size: str = "mlp",
 ) -> list[str]:
     """One job's time against catalogs of each size, shortlist on and off (off only up to
-    ``off_up_to`` models: scoring grows with the catalog there)."""
+    ``off_up_to`` models: scoring grows with the catalog there), on a family of
+    ``family_size`` models.
+
+    One database grows through the sizes (taken in increasing order): each size registers the
+    real models it holds that the previous ones did not, then adds synthetic rows up to its
+    size, so every real model is registered (statistics, sketch, stored files) once. A catalog
+    of N holds the first min(N, family) real models and N − family synthetic rows, as if built
+    afresh."""
     from app.core.config import Settings
     from app.core.db import make_engine, migrate, session_factory, transaction
     from app.detection import service as detection
@@ -448,37 +466,51 @@ def catalog(
     from app.registry import shortlist as shortlists
     from app.registry.models import Model
 
+    catalogs = sorted(catalogs)
     family = min(shortlist_size + 1, max(catalogs))
-    child, parents = build_family(root, "mlp", family, log)
+    child, parents = build_family(root, family_size, family, log)
     lines = [
         f"| catalog | shortlist | candidates scored | first job (index cold), s | "
         f"choose candidates, s | job, s | job ÷ job at {catalogs[0]} |",
         "|---|---|---|---|---|---|---|",
     ]
+    folder = root / "catalog"
+    url = f"sqlite:///{folder / 'lineage.db'}"
+    folder.mkdir(parents=True)
+    migrate(url)
+    settings = Settings(database_url=url, storage_dir=folder / "storage")
+    factory = session_factory(make_engine(url))
+    dispatcher = HeldJobs()
+
+    def submit() -> str:
+        # the same child every time: its record is reused, each call queues a new job
+        with ExitStack() as stack, transaction(factory) as session:
+            files = upload(child.folder, stack)
+            detection.submit(session, settings, dispatcher, files, name="child", method=method)
+        return dispatcher.jobs[-1]
+
+    registered = 0  # real models in the database (the first ones of ``parents``)
+    synthetic = 0  # synthetic rows in the database
     first: dict[str, float] = {}
     for size in catalogs:
-        folder = root / f"catalog-{size}"
-        url = f"sqlite:///{folder / 'lineage.db'}"
-        folder.mkdir(parents=True)
-        migrate(url)
-        settings = Settings(database_url=url, storage_dir=folder / "storage")
-        factory = session_factory(make_engine(url))
-        log(f"catalog of {size}: registering")
-        with ExitStack() as stack, transaction(factory) as session:
-            for stored in parents[: min(size, family)]:
-                files = upload(stored.folder, stack)
-                registry.ingest(session, settings, files, name=stored.name, candidate=True)
-        with transaction(factory) as session:
-            real = list(session.query(Model).all())
-            _fill(session, real, size - len(real))
-        dispatcher = HeldJobs()
-
-        def submit(dispatcher=dispatcher, settings=settings, factory=factory) -> str:
-            # the same child every time: its record is reused, each call queues a new job
+        real_count = min(size, family)
+        if registered < real_count:
+            log(f"catalog of {size}: registering {real_count - registered} models")
             with ExitStack() as stack, transaction(factory) as session:
-                files = upload(child.folder, stack)
-                detection.submit(session, settings, dispatcher, files, name="child", method=method)
-            return dispatcher.jobs[-1]
+                for stored in parents[registered:real_count]:
+                    files = upload(stored.folder, stack)
+                    registry.ingest(session, settings, files, name=stored.name, candidate=True)
+            registered = real_count
+        more = size - real_count - synthetic
+        if more > 0:
+            log(f"catalog of {size}: adding {more} synthetic rows")
+            names = [stored.name for stored in parents[:registered]]
+            with transaction(factory) as session:
+                real = list(
+                    session.query(Model).filter(Model.name.in_(names)).order_by(Model.id).all()
+                )
+                _fill(session, real, more, start=synthetic)
+            synthetic += more
 
         for label, shortlist in (("on", shortlist_size), ("off", 0)):
             if shortlist == 0 and size > off_up_to:
@@ -487,7 +519,7 @@ def catalog(
             log(f"catalog of {size}: shortlist {label}")
             submit()  # a warm-up job
 
-            def run(shortlist=shortlist, factory=factory, submit=submit):
+            def run(shortlist=shortlist):
                 job_id = submit()
                 started = time.perf_counter()
                 claimed = detection.claim(factory, job_id, shortlist)
@@ -506,19 +538,22 @@ def catalog(
                 f"| {size:,} | {mode} | {scored:,} | {cold:.3f} | {chosen:.3f} | {seconds:.3f} | "
                 f"{seconds / first[label]:.2f}× |"
             )
-        _remove(folder)
+    _remove(folder)
+    for stored in (child, *parents):
+        _remove(stored.folder)
     return lines
 
 
-def _fill(session, real: list, count: int) -> None:
-    """``count`` more catalog rows: copies of the real models' rows (their files, their
-    architecture) whose sketches are moved by seeded noise the size of the real sketches'
-    spread, so the shortlist has to choose among them."""
+def _fill(session, real: list, count: int, start: int = 0) -> None:
+    """``count`` more catalog rows, ``synthetic-{start}`` on: copies of the real models' rows
+    (their files, their architecture) whose sketches are moved by seeded noise the size of the
+    real sketches' spread, so the shortlist has to choose among them. Row i's source and noise
+    depend on i alone (its own seed), so a catalog grown in steps holds the same rows as one
+    filled at once."""
     from app.registry.models import Model
 
     if count <= 0:
         return
-    rng = np.random.default_rng(0)
     sketches = np.stack([np.frombuffer(m.sketch, dtype="<f4") for m in real])
     spread = sketches.std(axis=0) + 1e-6
     columns = [
@@ -526,9 +561,10 @@ def _fill(session, real: list, count: int) -> None:
         for c in Model.__table__.columns
         if c.key not in {"id", "name", "sha256", "sketch", "created_at"}
     ]
-    for i in range(count):
+    for i in range(start, start + count):
         source = real[i % len(real)]
         values = {c: getattr(source, c) for c in columns}
+        rng = np.random.default_rng((0, i))
         noisy = sketches[i % len(real)] + spread * rng.standard_normal(sketches.shape[1])
         session.add(
             Model(
@@ -552,9 +588,11 @@ def run_speed(
     device: str,
     log: Log,
     command: str = "lineage bench speed",
+    catalog_size: str = "mlp",
 ) -> str:
-    """Run the sections asked for and return the report (markdown)."""
-    unknown = [s for s in [*sizes, *batch_sizes] if s not in CONFIGS]
+    """Run the sections asked for and return the report (markdown). ``catalog_size``: the
+    family of the catalog section (one of ``SIZES``)."""
+    unknown = [s for s in [*sizes, *batch_sizes, catalog_size] if s not in CONFIGS]
     if unknown:
         raise InvalidArgument(f"unknown size {unknown[0]!r}; choose from {', '.join(SIZES)}")
     if candidates < 1 or repeats < 1 or shortlist_size < 1:
@@ -579,9 +617,18 @@ def run_speed(
         if catalogs:
             parts += [
                 "",
-                f"**One job against a catalog (`{'auto'}`, tiny MLP family)**",
+                f"**One job against a catalog (`auto`, {family_label(catalog_size)})**",
                 "",
-                *catalog(root, sorted(catalogs), shortlist_size, off_up_to, "auto", device, log),
+                *catalog(
+                    root,
+                    sorted(catalogs),
+                    shortlist_size,
+                    off_up_to,
+                    "auto",
+                    device,
+                    log,
+                    family_size=catalog_size,
+                ),
             ]
     parts += ["", f"(whole run: {math.ceil(time.perf_counter() - started)} s)"]
     return "\n".join(parts) + "\n"
