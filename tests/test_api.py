@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -131,7 +132,9 @@ def start_service(url: str, storage: Path, **settings) -> Service:
     )
     engine = make_engine(url)
     factory = session_factory(engine)
-    client = TestClient(create_app(settings, InProcessDispatcher), headers=ADMIN_HEADERS)
+    client = TestClient(
+        create_app(settings, partial(InProcessDispatcher, settings=settings)), headers=ADMIN_HEADERS
+    )
     return Service(client, client.app.state.dispatcher, engine, factory, settings)
 
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -155,12 +156,18 @@ def test_the_admin_key_from_the_environment_is_restored_at_start(tmp_path):
     settings = Settings(
         database_url=url, storage_dir=tmp_path / "storage", lineage_admin_key=TEST_ADMIN_KEY
     )
-    with TestClient(create_app(settings, InProcessDispatcher), headers=bearer(TEST_ADMIN_KEY)) as a:
+    with TestClient(
+        create_app(settings, partial(InProcessDispatcher, settings=settings)),
+        headers=bearer(TEST_ADMIN_KEY),
+    ) as a:
         [admin] = a.get("/keys").json()
         assert a.delete(f"/keys/{admin['id']}").status_code == 200
         assert_error(a.get("/keys"), 401, "unauthenticated")
     # The operator's LINEAGE_ADMIN_KEY is an admin key again at the next start.
-    with TestClient(create_app(settings, InProcessDispatcher), headers=bearer(TEST_ADMIN_KEY)) as a:
+    with TestClient(
+        create_app(settings, partial(InProcessDispatcher, settings=settings)),
+        headers=bearer(TEST_ADMIN_KEY),
+    ) as a:
         assert a.get("/keys").status_code == 200
     with pytest.raises(ValidationError, match="at least 24"):
         Settings(database_url=url, lineage_admin_key="changeme")

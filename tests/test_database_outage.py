@@ -9,6 +9,7 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 from fastapi.testclient import TestClient
@@ -91,7 +92,10 @@ def relayed(tmp_path) -> Iterator[tuple[TestClient, Relay]]:
             redis_url=None,
             lineage_admin_key=TEST_ADMIN_KEY,
         )
-        with TestClient(create_app(settings, InProcessDispatcher), headers=ADMIN_HEADERS) as client:
+        with TestClient(
+            create_app(settings, partial(InProcessDispatcher, settings=settings)),
+            headers=ADMIN_HEADERS,
+        ) as client:
             yield client, relay
         relay.cut()
         client.app.state.engine.dispose()

@@ -11,6 +11,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -100,7 +101,9 @@ def site(tmp_path_factory) -> Iterator[Site]:
     )
     states = {"org/root": tiny_mlp_state(0)}
     jobs = {}
-    client = TestClient(create_app(settings, InProcessDispatcher), headers=ADMIN_HEADERS)
+    client = TestClient(
+        create_app(settings, partial(InProcessDispatcher, settings=settings)), headers=ADMIN_HEADERS
+    )
     with client:
         root = save_model(folder / "root", states["org/root"], TINY_MLP_CONFIG)
         response = client.post("/parents", data={"name": "org/root"}, files=files_of(root))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,7 @@ def client(tmp_path):
         redis_url=None,
         lineage_admin_key=TEST_ADMIN_KEY,
     )
-    app = create_app(settings, InProcessDispatcher)
+    app = create_app(settings, partial(InProcessDispatcher, settings=settings))
     with TestClient(app, headers=ADMIN_HEADERS) as client:
         yield client
 

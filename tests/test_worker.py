@@ -80,6 +80,10 @@ class Service:
             # Redelivery after a worker's death waits this long; well above these jobs' length.
             "TASK_VISIBILITY_TIMEOUT": "4",
             "TASK_TIME_LIMIT": "120",
+            # A silent worker is noticed within seconds, not the production minute.
+            "JOB_HEARTBEAT_INTERVAL": "0.5",
+            "JOB_STALE_AFTER": "3",
+            "SWEEP_INTERVAL": "1",
         }
         self.workers: list[subprocess.Popen] = []
 

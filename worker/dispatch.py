@@ -36,8 +36,6 @@ def dispatcher_for(settings: Settings) -> Callable[[sessionmaker[Session]], Disp
     """The dispatcher ``settings`` ask for, as ``create_app`` takes it: a function of the app's
     session factory (the in-process worker shares it; Celery needs only the broker)."""
     if settings.redis_url is None:
-        return lambda factory: InProcessDispatcher(
-            factory, device=settings.device, shortlist_size=settings.shortlist_size
-        )
+        return lambda factory: InProcessDispatcher(factory, settings)
     redis_url = settings.redis_url
     return lambda _factory: CeleryDispatcher(redis_url)

@@ -32,6 +32,7 @@ from app.core.db import make_engine, session_factory, transaction
 from app.core.metrics import Metrics
 from app.detection.dispatch import Dispatcher
 from app.detection.endpoints import router as detection_router
+from app.detection.sweeper import sweep_quietly
 from app.lineage.endpoints import router as lineage_router
 from app.registry.endpoints import router as registry_router
 from app.web.endpoints import router as web_router
@@ -91,6 +92,9 @@ def create_app(
     app.state.session_factory = factory
     app.state.dispatcher = dispatcher(factory)
     app.state.metrics = metrics
+    # Jobs a previous process left behind, and files of uploads that never committed: found
+    # on every start (and by every worker, periodically).
+    sweep_quietly(factory, app.state.dispatcher.enqueue, settings)
 
     install_error_handlers(app)
     app.add_middleware(JsonBodyLimitMiddleware)  # every route's JSON body: at most 1 MB

@@ -14,9 +14,9 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import exc as sql
 from starlette.exceptions import HTTPException
 
+from app.core.db import DATABASE_UNAVAILABLE
 from app.engine.errors import LineageError
 
 log = logging.getLogger(__name__)
@@ -112,9 +112,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers of ``LineageError``, request validation, Starlette's errors and
     a database that cannot be reached (503 ``database_unavailable``)."""
     app.add_exception_handler(LineageError, _lineage_error)
-    # OperationalError: the connection was refused or dropped; InterfaceError: it was closed
-    # under us; TimeoutError: no connection came free from the pool.
-    for fault in (sql.OperationalError, sql.InterfaceError, sql.TimeoutError):
+    for fault in DATABASE_UNAVAILABLE:  # app.core.db says which faults these are
         app.add_exception_handler(fault, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)

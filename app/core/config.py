@@ -57,6 +57,44 @@ class Settings(BaseSettings):
         description="Seconds before an unacknowledged task is delivered again (Redis); keep it "
         "above task_time_limit, or a slow task runs twice.",
     )
+    job_heartbeat_interval: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds between a running job's heartbeats (its worker is alive).",
+    )
+    job_stale_after: float = Field(
+        60.0,
+        gt=0,
+        description="A running job whose heartbeat is older than this many seconds has lost its "
+        "worker: the sweeper queues it again. Keep it several heartbeats long.",
+    )
+    job_resend_after: float = Field(
+        600.0,
+        gt=0,
+        description="A queued job that no worker has claimed this many seconds after it was "
+        "last sent is sent again (its message was lost, or never sent).",
+    )
+    job_max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Claims of a job whose worker stopped mid-run (killed, out of memory) "
+        "before it is failed with worker_lost instead of tried again.",
+    )
+    sweep_interval: float = Field(
+        30.0, gt=0, description="Seconds between the sweeps each worker runs."
+    )
+    staging_max_age: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds after which the sweeper removes an upload's leftover staging "
+        "folder, or stored weights no model row refers to.",
+    )
+    worker_memory_limit: int = Field(
+        0,
+        ge=0,
+        description="Bytes of heap (RLIMIT_DATA) each Celery worker process may allocate; a job "
+        "past it fails with memory_limit. 0: no limit.",
+    )
 
     lineage_admin_key: SecretStr | None = Field(
         None,

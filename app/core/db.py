@@ -19,10 +19,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sql
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 _AFTER_COMMIT = "lineage.after_commit"
+
+# The database is away, not the request wrong: the connection was refused or dropped
+# (OperationalError), closed under us (InterfaceError), or none came free from the pool
+# (TimeoutError). The API answers these with 503; workers retry them.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sql.OperationalError,
+    sql.InterfaceError,
+    sql.TimeoutError,
+)
 
 
 class Base(DeclarativeBase):

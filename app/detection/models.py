@@ -27,7 +27,8 @@ UNFINISHED = (JobState.QUEUED, JobState.RUNNING)
 
 class Job(Base):
     """A detection job. ``id`` is also the Celery task id. ``attempts`` counts claims, so a job
-    re-delivered after its worker died is visible as such."""
+    taken again after its worker died is visible as such (a retry of the same claim after a
+    database fault is not a new attempt)."""
 
     __tablename__ = "jobs"
 
@@ -41,6 +42,12 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     verdict: Mapped[str | None] = mapped_column(String(16), index=True)  # the audit verdict
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # When the job was last handed to the broker (the sweeper sends it again if no worker
+    # claims it long after), and the claim that holds it while running: who ("host:pid:nonce")
+    # and the last sign of life of its worker.
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The API key that submitted it (NULL: submitted without one, or the key row is gone).

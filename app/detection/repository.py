@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.core.db import utcnow
@@ -31,20 +32,114 @@ class JobRepository:
         """The job with this id, if any."""
         return self.session.get(Job, job_id)
 
-    def claim(self, job_id: str) -> Job | None:
-        """Atomically mark the job running and count the attempt; None if it is already finished
-        (or unknown). A job still ``running`` is claimable: its previous worker died."""
+    def claim(self, job_id: str, token: str, stale_before: datetime) -> Job | None:
+        """Atomically mark the job running under claim ``token`` and count the attempt; None if
+        another claim holds it or it is finished (or unknown).
+
+        Claimable: a queued job; a running job whose worker's heartbeat is older than
+        ``stale_before`` (that worker died); and a running job already held by ``token`` (the same
+        delivery retried after a database fault, which is not a new attempt). A second delivery
+        of a job whose worker is alive finds it taken, so a job never runs twice at once."""
+        now = utcnow()
         claimed = self.session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status.in_(UNFINISHED))
+            .where(
+                Job.id == job_id,
+                or_(
+                    Job.status == JobState.QUEUED,
+                    and_(
+                        Job.status == JobState.RUNNING,
+                        or_(
+                            Job.claimed_by == token,
+                            Job.heartbeat_at.is_(None),
+                            Job.heartbeat_at < stale_before,
+                        ),
+                    ),
+                ),
+            )
             .values(
                 status=JobState.RUNNING,
-                attempts=Job.attempts + 1,
-                started_at=utcnow(),
+                attempts=Job.attempts + case((Job.claimed_by == token, 0), else_=1),
+                claimed_by=token,
+                started_at=now,
+                heartbeat_at=now,
                 progress=CLAIMED_PROGRESS,
             )
+            .execution_options(synchronize_session=False)
         ).rowcount
-        return self.session.get(Job, job_id) if claimed else None
+        if not claimed:
+            return None
+        job = self.session.get(Job, job_id)
+        self.session.refresh(job)
+        return job
+
+    def heartbeat(self, job_id: str, token: str, progress: float | None = None) -> bool:
+        """Record that claim ``token`` is alive (and its progress, 0–1, if given); False if the
+        job is no longer running under that claim (the sweeper gave it to another worker, or it
+        ended)."""
+        values: dict = {"heartbeat_at": utcnow()}
+        if progress is not None:
+            values["progress"] = progress
+        return bool(
+            self.session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.claimed_by == token, Job.status == JobState.RUNNING)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+        )
+
+    def mark_sent(self, job_id: str, previous: datetime | None, now: datetime) -> bool:
+        """Record that queued job ``job_id`` is being sent to the broker now, if its last
+        sending is still ``previous`` (compare-and-set: of two sweepers, one sends)."""
+        seen = Job.enqueued_at.is_(None) if previous is None else Job.enqueued_at == previous
+        return bool(
+            self.session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobState.QUEUED, seen)
+                .values(enqueued_at=now)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+        )
+
+    def requeue(self, job_id: str, heartbeat: datetime | None, now: datetime) -> bool:
+        """Put a running job whose worker stopped (last heartbeat ``heartbeat``) back in the
+        queue, if nothing touched it since (compare-and-set on the heartbeat)."""
+        seen = Job.heartbeat_at.is_(None) if heartbeat is None else Job.heartbeat_at == heartbeat
+        return bool(
+            self.session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobState.RUNNING, seen)
+                .values(status=JobState.QUEUED, progress=0.0, enqueued_at=now)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+        )
+
+    def stale_running(self, stale_before: datetime) -> list[tuple[str, datetime | None, int]]:
+        """(id, last heartbeat, attempts) of running jobs whose worker has been silent since
+        before ``stale_before``, oldest first."""
+        rows = self.session.execute(
+            select(Job.id, Job.heartbeat_at, Job.attempts)
+            .where(
+                Job.status == JobState.RUNNING,
+                or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before),
+            )
+            .order_by(Job.created_at)
+        )
+        return [(job_id, beat, attempts) for job_id, beat, attempts in rows]
+
+    def unsent_queued(self, sent_before: datetime) -> list[tuple[str, datetime | None]]:
+        """(id, last sending) of queued jobs last sent to the broker before ``sent_before`` (or
+        never), oldest first."""
+        rows = self.session.execute(
+            select(Job.id, Job.enqueued_at)
+            .where(
+                Job.status == JobState.QUEUED,
+                or_(Job.enqueued_at.is_(None), Job.enqueued_at < sent_before),
+            )
+            .order_by(Job.created_at)
+        )
+        return [(job_id, sent) for job_id, sent in rows]
 
     def set_progress(self, job_id: str, value: float) -> None:
         """Record a running job's progress (0–1)."""

@@ -5,17 +5,26 @@ hands the job to the dispatcher only once that commits) → ``running`` (``claim
 UPDATE, which also counts the attempt) → ``succeeded`` (``score`` runs the engine outside any
 transaction; ``record`` writes the result, the edges and the audit in one transaction), or
 ``failed`` with ``{"code", "message"}``. Running a job twice is safe: a finished job is never
-claimed again, and an edge write is an upsert of its (parent, child) pair. A job left
-``running`` by a worker that died is claimable again, so the broker's redelivery (``acks_late``)
-finishes it.
+claimed again, and an edge write is an upsert of its (parent, child) pair.
+
+No job is lost (``app.detection.sweeper``): a claim is named (``claimed_by``) and its worker
+writes a heartbeat while it runs. A second delivery of a job whose worker is alive finds it taken;
+a job whose worker went silent (killed, out of memory) is claimable again and put back in the
+queue by the sweeper; a queued job no worker took is sent again. A database fault while claiming
+or recording comes out of ``run_job`` (``DATABASE_UNAVAILABLE``) for the caller to retry with
+the same claim, never as a failed or a forgotten job.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.service import Caller, Role, authorize
 from app.core.config import Settings
-from app.core.db import after_commit, transaction, utcnow
+from app.core.db import DATABASE_UNAVAILABLE, after_commit, transaction, utcnow
 from app.detection.audit import audit_verdict
 from app.detection.dispatch import Dispatcher
 from app.detection.errors import QueueUnavailable, UnknownJob
@@ -41,8 +50,11 @@ from app.registry.service import ModelSource
 
 log = logging.getLogger(__name__)
 
-# Catalog models scored per job unless the settings say otherwise (``SHORTLIST_SIZE``).
+# Catalog models scored per job unless the settings say otherwise (``SHORTLIST_SIZE``), and the
+# heartbeat's period and the silence after which a running job's worker counts as dead.
 DEFAULT_SHORTLIST = Settings.model_fields["shortlist_size"].default
+DEFAULT_HEARTBEAT = Settings.model_fields["job_heartbeat_interval"].default
+DEFAULT_STALE_AFTER = Settings.model_fields["job_stale_after"].default
 # Progress once the models are open, and once they are scored.
 LOADED_PROGRESS = 0.3
 SCORED_PROGRESS = 0.9
@@ -102,6 +114,7 @@ def submit(
             child_id=child.model.id,
             request=request,
             created_by=caller.id if caller is not None else None,
+            enqueued_at=utcnow(),  # sent once this commits; the sweeper resends it if not
         )
     )
     after_commit(session, partial(_hand_over, session.get_bind(), dispatcher, job.id))
@@ -120,14 +133,16 @@ def _hand_over(bind, dispatcher: Dispatcher, job_id: str) -> None:
     except Exception as exc:
         log.exception("could not enqueue job %s", job_id)
         with Session(bind) as session, session.begin():
-            _mark_failed(session, job_id, QueueUnavailable.code, "the job could not be queued")
+            mark_failed(session, job_id, QueueUnavailable.code, "the job could not be queued")
         raise QueueUnavailable(
             f"job {job_id} was stored but the workers cannot be reached ({type(exc).__name__}); "
             "try again later"
         ) from None
 
 
-def _mark_failed(session: Session, job_id: str, code: str, message: str) -> None:
+def mark_failed(session: Session, job_id: str, code: str, message: str) -> None:
+    """Mark the job failed with ``{"code", "message"}`` in the caller's transaction, unless it
+    succeeded already."""
     job = JobRepository(session).get(job_id)
     if job is not None and job.status != JobState.SUCCEEDED:
         job.status, job.finished_at = JobState.FAILED, utcnow()
@@ -141,7 +156,8 @@ def _mark_failed(session: Session, job_id: str, code: str, message: str) -> None
 class Claimed:
     """A claimed job, with what scoring needs read out of the database: the child's id, name,
     files and SHA-256, the request, the candidate parents to score as (name, files, SHA-256),
-    and how many catalog models of the child's architecture the shortlist chose them from."""
+    how many catalog models of the child's architecture the shortlist chose them from, and the
+    claim's token."""
 
     job_id: str
     child_id: int
@@ -151,22 +167,36 @@ class Claimed:
     request: dict
     catalog: list[tuple[str, str, str]]
     catalog_size: int
+    token: str = ""
+
+
+def new_claim_token() -> str:
+    """A name for one claim of a job: this host and process, and a nonce."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def claim(
-    factory: sessionmaker[Session], job_id: str, shortlist_size: int = DEFAULT_SHORTLIST
+    factory: sessionmaker[Session],
+    job_id: str,
+    shortlist_size: int = DEFAULT_SHORTLIST,
+    *,
+    token: str | None = None,
+    stale_after: float = DEFAULT_STALE_AFTER,
 ) -> Claimed | None:
-    """Claim the job in its own transaction, with its candidates: at most ``shortlist_size``
-    catalog models of the child's architecture, those with the nearest weight sketches (0: all;
-    see ``registry.candidates``). None when there is nothing to run (finished, unknown, or its
-    child was deleted: then it is marked failed)."""
+    """Claim the job in its own transaction, under ``token`` (default: a new one), with its
+    candidates: at most ``shortlist_size`` catalog models of the child's architecture, those with
+    the nearest weight sketches (0: all; see ``registry.candidates``). None when there is nothing
+    to run: finished, unknown, held by a worker whose heartbeat is younger than ``stale_after``
+    seconds, or its child was deleted (then it is marked failed)."""
+    token = token or new_claim_token()
     with transaction(factory) as session:
-        job = JobRepository(session).claim(job_id)
+        stale_before = utcnow() - timedelta(seconds=stale_after)
+        job = JobRepository(session).claim(job_id, token, stale_before)
         if job is None:
             return None
         child = registry.get_by_id(session, job.child_id)
         if child is None:
-            _mark_failed(session, job_id, "unknown_model", "the job's model was deleted")
+            mark_failed(session, job_id, "unknown_model", "the job's model was deleted")
             return None
         found = registry.candidates(session, child, shortlist_size)
         catalog = [(m.name, m.storage_path, m.sha256) for m in found.models]
@@ -179,6 +209,7 @@ def claim(
             dict(job.request or {}),
             catalog,
             found.catalog_size,
+            token,
         )
 
 
@@ -186,6 +217,56 @@ def report_progress(factory: sessionmaker[Session], job_id: str, value: float) -
     """Record a running job's progress (0–1) in its own short transaction."""
     with transaction(factory) as session:
         JobRepository(session).set_progress(job_id, value)
+
+
+class ClaimLost(Exception):
+    """The job is no longer this worker's: the sweeper gave it to another (this worker was
+    silent too long), or another delivery finished it."""
+
+
+class Heartbeat:
+    """While a claimed job runs: a thread that writes the claim's heartbeat every ``interval``
+    seconds, and ``progress`` for the scoring code, which writes progress with a heartbeat.
+
+    A write that fails because the database is away is logged and skipped: scoring goes on, and
+    the result is recorded (or retried) once it is back. When a write finds the job no longer
+    held by this claim, the next ``progress`` call raises ``ClaimLost`` so the work stops."""
+
+    def __init__(self, factory: sessionmaker[Session], job_id: str, token: str, interval: float):
+        self.factory, self.job_id, self.token, self.interval = factory, job_id, token, interval
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=max(5.0, self.interval))
+
+    def _write(self, progress: float | None = None) -> None:
+        try:
+            with transaction(self.factory) as session:
+                held = JobRepository(session).heartbeat(self.job_id, self.token, progress)
+        except DATABASE_UNAVAILABLE as exc:
+            log.warning("job %s: heartbeat not written (%s)", self.job_id, type(exc).__name__)
+            return
+        if not held:
+            self.lost.set()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._write()
+
+    def progress(self, value: float) -> None:
+        """Record progress (0–1) and a heartbeat; ``ClaimLost`` if the job is not ours now."""
+        if self.lost.is_set():
+            raise ClaimLost(self.job_id)
+        self._write(value)
+        if self.lost.is_set():
+            raise ClaimLost(self.job_id)
 
 
 def empty_catalog_result(child: str) -> dict:
@@ -258,6 +339,9 @@ def record(factory: sessionmaker[Session], claimed: Claimed, result: dict) -> No
         if job is None or job.status == JobState.SUCCEEDED:
             return
         child = registry.get_by_id(session, claimed.child_id)
+        if child is None:  # deleted while it was being scored: nothing to attach a result to
+            mark_failed(session, claimed.job_id, "unknown_model", "the job's model was deleted")
+            return
         decision = result["decision"]
         catalog = registry.catalog_names(session, [d.name for d in declared])
         audit = audit_verdict(decision["parent"], declared, catalog, decision)
@@ -318,7 +402,7 @@ def fail(factory: sessionmaker[Session], job_id: str, code: str, message: str) -
     """Mark the job failed with ``{"code", "message"}`` in its own transaction (unless another
     delivery already finished it)."""
     with transaction(factory) as session:
-        _mark_failed(session, job_id, code, message)
+        mark_failed(session, job_id, code, message)
 
 
 def run_job(
@@ -327,43 +411,73 @@ def run_job(
     *,
     device: str = "cpu",
     shortlist_size: int = DEFAULT_SHORTLIST,
+    token: str | None = None,
+    heartbeat_interval: float = DEFAULT_HEARTBEAT,
+    stale_after: float = DEFAULT_STALE_AFTER,
 ) -> None:
-    """Claim, score and record one job; its outcome is written to the database. Bad input fails
-    the job; a bug or a time limit fails it too and is raised for the caller to log."""
-    claimed = claim(factory, job_id, shortlist_size)
+    """Claim (under ``token``; default: a new claim), score and record one job; its outcome is
+    written to the database. Bad input fails the job, and so does running out of memory; a bug
+    or a time limit fails it too and is raised for the caller to log.
+
+    The database being away (``DATABASE_UNAVAILABLE``) while claiming or recording is raised
+    with the job left as it was (queued, or running under ``token``): the caller retries with
+    the same token, and the retry takes the job back without counting a new attempt."""
+    token = token or new_claim_token()
+    claimed = claim(factory, job_id, shortlist_size, token=token, stale_after=stale_after)
     if claimed is None:
         return
-    try:
-        result = score(claimed, device, partial(report_progress, factory, job_id))
-    except LineageError as exc:
-        fail(factory, job_id, exc.code, exc.message)
-        return
-    except OSError as exc:
-        fail(factory, job_id, "storage_error", f"cannot read model files: {exc}")
-        return
-    except Exception as exc:
-        # A bug or a time limit (Celery's SoftTimeLimitExceeded): the job must not stay
-        # "running" forever; record the failure, and let the caller see the exception.
-        log.exception("detection job %s crashed", job_id)
-        timed_out = type(exc).__name__ == "SoftTimeLimitExceeded"
-        fail(
-            factory,
-            job_id,
-            "time_limit" if timed_out else "internal",
-            "the job ran past its time limit (TASK_TIME_LIMIT)"
-            if timed_out
-            else f"detection crashed: {type(exc).__name__}",
-        )
-        raise
+    with Heartbeat(factory, job_id, token, heartbeat_interval) as beat:
+        try:
+            result = score(claimed, device, beat.progress)
+        except ClaimLost:
+            log.warning("job %s was taken over by another worker; stopping this run", job_id)
+            return
+        except LineageError as exc:
+            fail(factory, job_id, exc.code, exc.message)
+            return
+        except OSError as exc:
+            fail(factory, job_id, "storage_error", f"cannot read model files: {exc}")
+            return
+        except DATABASE_UNAVAILABLE:
+            raise  # not the job's fault: retried, never failed
+        except Exception as exc:
+            if out_of_memory(exc):
+                log.warning("job %s ran out of memory: %s", job_id, exc)
+                fail(
+                    factory,
+                    job_id,
+                    "memory_limit",
+                    "the job needed more memory than its worker may use (WORKER_MEMORY_LIMIT, "
+                    "or the machine's)",
+                )
+                return
+            # A bug or a time limit (Celery's SoftTimeLimitExceeded): the job must not stay
+            # "running" forever; record the failure, and let the caller see the exception.
+            log.exception("detection job %s crashed", job_id)
+            timed_out = type(exc).__name__ == "SoftTimeLimitExceeded"
+            fail(
+                factory,
+                job_id,
+                "time_limit" if timed_out else "internal",
+                "the job ran past its time limit (TASK_TIME_LIMIT)"
+                if timed_out
+                else f"detection crashed: {type(exc).__name__}",
+            )
+            raise
     record(factory, claimed, result)
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation refused (Python's and numpy's ``MemoryError``, PyTorch's
+    CPU allocator's ``RuntimeError`` and CUDA's ``OutOfMemoryError``)."""
+    return (
+        isinstance(exc, MemoryError)
+        or type(exc).__name__ == "OutOfMemoryError"
+        or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+    )
+
+
 # Reading jobs ------------------------------------------------------------------------------
-
-
-def unfinished_job_ids(session: Session) -> list[str]:
-    """Jobs left queued or running (by a process that stopped), oldest first."""
-    return JobRepository(session).unfinished_ids()
 
 
 def get_job(session: Session, job_id: str) -> dict:

@@ -90,6 +90,10 @@ class ModelRepository:
                 ).where(column.id.in_(ids[start : start + 500]))
             )
 
+    def all_sha256(self) -> set[str]:
+        """The weights' SHA-256 of every registered model."""
+        return set(self.session.scalars(select(Model.sha256)))
+
     def by_ids(self, ids: list[int]) -> list[Model]:
         """The models with these ids, oldest first (ids that no longer exist are left out)."""
         found: list[Model] = []

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.service import Caller, Role
 from app.core.config import Settings
@@ -27,7 +27,7 @@ from app.registry import shortlist
 from app.registry.errors import NameTaken, UnknownModel
 from app.registry.models import Model
 from app.registry.repository import ModelRepository
-from app.registry.storage import commit_staged, stage_folder, stage_upload
+from app.registry.storage import commit_staged, remove_stale, stage_folder, stage_upload
 
 
 @dataclass(frozen=True)
@@ -218,6 +218,17 @@ def promote(session: Session, model_id: int) -> None:
     model = ModelRepository(session).by_id(model_id)
     if model is not None:
         model.is_candidate = True
+
+
+def remove_stale_files(factory: sessionmaker[Session], settings: Settings) -> list[str]:
+    """Remove the staging and stored folders that failed uploads left behind, once older than
+    ``STAGING_MAX_AGE`` (``storage.remove_stale``); the removed folders, relative to storage."""
+
+    def referenced() -> set[str]:
+        with factory() as session:
+            return ModelRepository(session).all_sha256()
+
+    return remove_stale(settings.storage_dir, referenced, settings.staging_max_age)
 
 
 @dataclass(frozen=True)

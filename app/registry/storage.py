@@ -3,16 +3,24 @@
 An upload is streamed to a private staging folder in chunks (never whole in memory), counted
 against the size limit as it arrives, validated by the engine, and only then moved into place
 under its weights' SHA-256 with one atomic rename. The same weights stored twice keep the first
-copy. Nothing half-written is ever visible under ``models/``: a failed upload leaves no trace.
+copy. Nothing half-written is ever visible under ``models/``: a refused upload leaves no trace.
+
+The move happens before the model's row commits, so that no row ever names files that are not
+there. An upload whose row never commits (the database went away, the process was killed
+mid-request) leaves a staging folder or a stored folder no row names; the sweeper removes both
+once they are older than ``STAGING_MAX_AGE`` (``remove_stale``), long after any request that
+could still commit a row for them.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import time
 import uuid
-from collections.abc import Iterable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -95,6 +103,13 @@ def commit_staged(
     model has them and no job recomputes them; weights already stored with theirs are not
     summarised again. The model returned is opened trusted.
     """
+    with _in_use(staging):  # validation and statistics of a large model take a while
+        return _commit_staged(storage_dir, staging, max_bytes)
+
+
+def _commit_staged(
+    storage_dir: Path, staging: Path, max_bytes: int
+) -> tuple[Path, LoadedModel, bool]:
     try:
         model = open_model(staging, staging.name, max_bytes=max_bytes)
         final = storage_dir / "models" / model.sha256
@@ -107,6 +122,7 @@ def commit_staged(
     fresh = True
     try:
         staging.rename(final)
+        os.utime(final)  # stored now: the sweeper's age bound counts from here
     except OSError:
         if not final.is_dir():
             shutil.rmtree(staging, ignore_errors=True)
@@ -116,5 +132,70 @@ def commit_staged(
             (final / STATISTICS_FILE).parent.mkdir(exist_ok=True)
             os.replace(staging / STATISTICS_FILE, final / STATISTICS_FILE)
         shutil.rmtree(staging, ignore_errors=True)
+        os.utime(final)  # in use again: not stale for the sweeper while this row commits
         fresh = False
     return final, open_trusted(final, model.sha256, model.sha256), fresh
+
+
+@contextmanager
+def _in_use(folder: Path) -> Iterator[None]:
+    """Hold a shared lock on ``folder`` (it follows the folder through its rename): the sweeper
+    never removes a folder a request is working in, however long that work takes."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_unless_in_use(folder: Path) -> bool:
+    """Remove ``folder`` unless a request holds it (``_in_use``); whether it was removed."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    try:
+        shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        os.close(fd)
+    return True
+
+
+def remove_stale(
+    storage_dir: Path, referenced: Callable[[], set[str]], max_age: float
+) -> list[str]:
+    """Remove what failed uploads left: staging folders, and stored model folders that no row
+    names (``referenced()``: the SHA-256 of every registered model, asked only when there is a
+    candidate), when their last change is more than ``max_age`` seconds old. Returns the removed
+    folders, relative to ``storage_dir``."""
+    cutoff = time.time() - max_age
+
+    def old(folders: Iterable[Path]) -> list[Path]:
+        # A folder's last change is its newest entry's: an upload still streaming into a file
+        # keeps that file's time moving, though the folder's own stays at the file's creation.
+        found = []
+        for folder in folders:
+            try:
+                if not folder.is_dir():
+                    continue
+                times = [folder.stat().st_mtime] + [p.stat().st_mtime for p in folder.iterdir()]
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            if max(times) < cutoff:
+                found.append(folder)
+        return found
+
+    staging_dir, models_dir = storage_dir / "staging", storage_dir / "models"
+    stale = old(staging_dir.iterdir()) if staging_dir.is_dir() else []
+    stored = old(models_dir.iterdir()) if models_dir.is_dir() else []
+    if stored:
+        names = referenced()
+        stale += [folder for folder in stored if folder.name not in names]
+    removed = [folder for folder in stale if _remove_unless_in_use(folder)]
+    return [str(folder.relative_to(storage_dir)) for folder in removed]
