@@ -369,18 +369,17 @@ def delete_model(
     """Delete a model from the service's database: its edges go (each kept in the graph's log
     with the reason "model deleted"), its queued or running jobs fail with unknown_model (every
     job keeps its row), and its stored files are removed once the deletion has committed."""
-    import app.lineage.service  # noqa: F401  (registers the removal of the model's edges)
     from app.core.db import transaction
-    from app.registry import service as registry
+    from app.detection import service as detection
 
     _settings, factory = _prepared_database()
     try:
         with transaction(factory) as session:
-            deleted = registry.delete_model(session, name)
+            deleted = detection.delete_model(session, name)
     except LineageError as exc:
         _fail(exc.message)
     typer.echo(
-        f"deleted model {deleted['name']}: {deleted.get('edges_removed', 0)} edge(s) removed "
+        f"deleted model {deleted['name']}: {deleted['edges_removed']} edge(s) removed "
         f"(logged), {deleted['jobs_failed']} unfinished job(s) failed"
     )
 

@@ -237,7 +237,7 @@ def test_a_deletion_whose_transaction_fails_leaves_the_row_and_the_files(
     build_family(service, family)
     folder = folder_of(service, "org/child")
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    delete_model = registry_service.delete_model
+    delete_model = detection.delete_model
     deleted_within = []
 
     def delete_then_fail(session, name, **kwargs) -> dict:
@@ -245,7 +245,7 @@ def test_a_deletion_whose_transaction_fails_leaves_the_row_and_the_files(
         deleted_within.append(session.scalar(select(Model).where(Model.name == name)) is None)
         raise RuntimeError("the transaction breaks after the delete")  # ... then no commit
 
-    monkeypatch.setattr(registry_service, "delete_model", delete_then_fail)
+    monkeypatch.setattr(detection, "delete_model", delete_then_fail)
     assert_error(client.delete("/models/org/child"), 500, "internal")
     assert deleted_within == [True]  # the row was gone inside the transaction that failed
 

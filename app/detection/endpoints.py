@@ -7,14 +7,14 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from app.auth.deps import SubmitterDep
+from app.auth.deps import AdminDep, SubmitterDep
 from app.core.deps import MetricsDep, ModelRequestDep, SessionDep, SettingsDep, model_request_body
 from app.detection import service
 from app.detection.audit import VERDICTS
 from app.detection.dispatch import Dispatcher
 from app.detection.schemas import DetectUpload, HubDetectRequest, JobAccepted, JobStatus
 from app.lineage import service as lineage
-from app.registry.schemas import LimitQuery, OffsetQuery, model_source
+from app.registry.schemas import DeletedModel, LimitQuery, OffsetQuery, model_source
 
 router = APIRouter(tags=["detection"])
 
@@ -135,3 +135,22 @@ def get_audit(
         "limit": limit,
         "offset": offset,
     }
+
+
+@router.delete(
+    "/models/{name:path}",
+    response_model=DeletedModel,
+    summary="Delete a model (admin)",
+    responses={
+        401: {"description": "No API key, or an unknown or revoked one"},
+        403: {"description": "The key is not an admin key"},
+        404: {"description": "No model has that name"},
+    },
+)
+def delete_model(caller: AdminDep, name: str, session: SessionDep) -> dict:
+    """Delete a model (`name` may contain `/`, e.g. `DELETE /models/org/name`) in one
+    transaction: its edges go, each kept in the graph's log (`GET /graph/log`, `edge_deleted`
+    with this key and the reason "model deleted"); its queued or running jobs fail with
+    `unknown_model`, and every job keeps its row (without the model); its stored files are
+    removed once the deletion has committed. Needs an admin key."""
+    return service.delete_model(session, name, key_id=caller.id)

@@ -149,6 +149,34 @@ class JobRepository:
             .values(progress=value)
         )
 
+    def fail_unfinished_of(self, model_id: int, code: str, message: str) -> int:
+        """Mark the queued and running jobs of model ``model_id`` failed with ``{"code",
+        "message"}``; how many there were."""
+        return (
+            self.session.execute(
+                update(Job)
+                .where(Job.child_id == model_id, Job.status.in_(UNFINISHED))
+                .values(
+                    status=JobState.FAILED,
+                    error={"code": code, "message": message},
+                    finished_at=utcnow(),
+                )
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            or 0
+        )
+
+    def release_child(self, model_id: int) -> None:
+        """Every job of model ``model_id`` keeps its row, without the model (``child_id``
+        NULL). The databases do it themselves (``ON DELETE SET NULL``); done here too, so
+        nothing depends on SQLite's foreign keys being on in the deleting connection."""
+        self.session.execute(
+            update(Job)
+            .where(Job.child_id == model_id)
+            .values(child_id=None)
+            .execution_options(synchronize_session=False)
+        )
+
     def unfinished_ids(self) -> list[str]:
         """Ids of the jobs left queued or running, oldest first."""
         return list(

@@ -477,6 +477,36 @@ def out_of_memory(exc: BaseException) -> bool:
     )
 
 
+# Deleting a model --------------------------------------------------------------------------
+
+# The reason every record a deletion leaves behind gives (the graph's log, the failed jobs).
+MODEL_DELETED = "model deleted"
+
+
+def delete_model(session: Session, name: str, *, key_id: int | None = None) -> dict:
+    """Delete the model called ``name`` in the caller's transaction (an admin's right; ``key_id``
+    is the admin's key, None from the command line); ``UnknownModel`` if none is.
+
+    Here, because a model is known to three domains and this one sits above the other two: its
+    edges go, each kept in the graph's log with ``key_id`` and the reason "model deleted"
+    (``lineage.remove_edges_of``); its queued and running jobs fail with ``unknown_model`` and
+    every job keeps its row without the model; then its row goes, and its files once the
+    transaction commits (``registry.delete_record``). A job being scored meanwhile finds its
+    model gone when it records (``record``) and ends failed too. Answers ``{"name", "sha256",
+    "edges_removed", "jobs_failed"}``."""
+    model = registry.get_by_name(session, name)
+    summary = {"name": model.name, "sha256": model.sha256}
+    summary["edges_removed"] = lineage.remove_edges_of(session, model, key_id, MODEL_DELETED)
+    jobs = JobRepository(session)
+    summary["jobs_failed"] = jobs.fail_unfinished_of(
+        model.id, "unknown_model", "the job's model was deleted"
+    )
+    jobs.release_child(model.id)
+    registry.delete_record(session, model)
+    log.info("key %s deleted model %s (%s)", key_id, name, summary)
+    return summary
+
+
 # Reading jobs ------------------------------------------------------------------------------
 
 

@@ -222,11 +222,11 @@ def graph_log(session: Session, kind: str | None, limit: int, offset: int) -> li
     ]
 
 
-def remove_edges_of(session: Session, model: Model, key_id: int | None, reason: str) -> dict:
-    """Remove every edge into or out of ``model`` (it is being deleted: ``registry.delete_model``
+def remove_edges_of(session: Session, model: Model, key_id: int | None, reason: str) -> int:
+    """Remove every edge into or out of ``model`` (it is being deleted: ``detection.delete_model``
     runs this in its transaction), each logged as an ``edge_deleted`` event with the edge as it
     was, ``key_id`` and ``reason``; older events let go of the model's id (their names stay).
-    Answers ``{"edges_removed": n}``."""
+    Returns how many edges were removed."""
     repository = LineageRepository(session)
     edges = repository.edges_of(model.id)
     names = {model.id: model.name}
@@ -253,8 +253,4 @@ def remove_edges_of(session: Session, model: Model, key_id: int | None, reason: 
             "key %s removed edge %s -> %s: %s", key_id, before["parent"], before["child"], reason
         )
     repository.release_events(model.id)
-    return {"edges_removed": len(edges)}
-
-
-# A model's deletion (an admin's, ``registry.delete_model``) removes its edges, each logged.
-registry.on_model_deletion("lineage.edges", remove_edges_of)
+    return len(edges)

@@ -1,5 +1,6 @@
-"""HTTP endpoints of the catalog: register parents, list models, delete one. (One model with
-its edges, ``GET /models/{name}``, is served by ``app.lineage.endpoints``.)"""
+"""HTTP endpoints of the catalog: register parents, list models. (One model with its edges,
+``GET /models/{name}``, is served by ``app.lineage.endpoints``; deleting one, which clears its
+edges and jobs too, by ``app.detection.endpoints``.)"""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from app.auth.deps import AdminDep, CuratorUploadDep
+from app.auth.deps import CuratorUploadDep
 from app.core.deps import MetricsDep, ModelRequestDep, SessionDep, SettingsDep, model_request_body
 from app.registry import service
 from app.registry.schemas import (
-    DeletedModel,
     HubModelRequest,
     LimitQuery,
     ModelPage,
@@ -101,22 +101,3 @@ def get_models(
         "limit": limit,
         "offset": offset,
     }
-
-
-@router.delete(
-    "/models/{name:path}",
-    response_model=DeletedModel,
-    summary="Delete a model (admin)",
-    responses={
-        401: {"description": "No API key, or an unknown or revoked one"},
-        403: {"description": "The key is not an admin key"},
-        404: {"description": "No model has that name"},
-    },
-)
-def delete_model(caller: AdminDep, name: str, session: SessionDep) -> dict:
-    """Delete a model (`name` may contain `/`, e.g. `DELETE /models/org/name`) in one
-    transaction: its edges go, each kept in the graph's log (`GET /graph/log`, `edge_deleted`
-    with this key and the reason "model deleted"); its queued or running jobs fail with
-    `unknown_model`, and every job keeps its row (without the model); its stored files are
-    removed once the deletion has committed. Needs an admin key."""
-    return service.delete_model(session, name, key_id=caller.id)

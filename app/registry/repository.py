@@ -90,6 +90,12 @@ class ModelRepository:
                 ).where(column.id.in_(ids[start : start + 500]))
             )
 
+    def delete(self, model: Model) -> None:
+        """Delete ``model``'s row (flushed, so that a refusal by the database comes out here).
+        Rows that refer to it are the caller's to clear first."""
+        self.session.delete(model)
+        self.session.flush()
+
     def all_sha256(self) -> set[str]:
         """The weights' SHA-256 of every registered model."""
         return set(self.session.scalars(select(Model.sha256)))
@@ -142,63 +148,3 @@ class ModelRepository:
             query.order_by(Model.created_at.desc(), Model.id.desc()).limit(limit).offset(offset)
         )
         return list(page), total
-
-
-# Deleting a model ----------------------------------------------------------------------------
-# Self-contained (its imports are its own) so that it stays apart from the catalog's other SQL.
-
-
-def _jobs_table():
-    """The ``jobs`` table as plain SQL: the catalog cannot import the detection domain (which
-    imports it), and a job row must not be left pointing at a deleted model."""
-    from sqlalchemy import JSON, DateTime, Integer, String, column, table
-
-    return table(
-        "jobs",
-        column("id", String),
-        column("child_id", Integer),
-        column("status", String),
-        column("error", JSON),
-        column("finished_at", DateTime(timezone=True)),
-    )
-
-
-class ModelDeletion:
-    """The SQL of deleting one model (``app.registry.service.delete_model``) in the caller's
-    session: its unfinished jobs failed, every one of its jobs let go of it (the job rows stay),
-    then the model's row. The databases set ``jobs.child_id`` to NULL on their own (``ON DELETE
-    SET NULL``); it is done here too, so that nothing depends on SQLite's foreign keys being
-    switched on in the connection that deletes (without them, the next model could reuse the
-    id and inherit the jobs)."""
-
-    UNFINISHED = ("queued", "running")
-
-    def __init__(self, session: Session):
-        self.session = session
-
-    def fail_unfinished_jobs(self, model_id: int, code: str, message: str) -> int:
-        """Mark the model's queued and running jobs failed with ``{"code", "message"}``: how
-        many were."""
-        from sqlalchemy import update
-
-        from app.core.db import utcnow
-
-        jobs = _jobs_table()
-        result = self.session.execute(
-            update(jobs)
-            .where(jobs.c.child_id == model_id, jobs.c.status.in_(self.UNFINISHED))
-            .values(status="failed", error={"code": code, "message": message}, finished_at=utcnow())
-        )
-        return result.rowcount or 0
-
-    def release_jobs(self, model_id: int) -> None:
-        """Every job of the model keeps its row, without the model (``child_id`` NULL)."""
-        from sqlalchemy import update
-
-        jobs = _jobs_table()
-        self.session.execute(update(jobs).where(jobs.c.child_id == model_id).values(child_id=None))
-
-    def delete_row(self, model: Model) -> None:
-        """Delete the model's row (flushed, so that a refusal by the database comes out here)."""
-        self.session.delete(model)
-        self.session.flush()

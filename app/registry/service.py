@@ -9,8 +9,10 @@ record. A refused model leaves no files and no row behind.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.service import Caller, Role
 from app.core.config import Settings
+from app.core.db import after_commit
 from app.engine.model_files import LoadedModel
 from app.engine.sketch import model_sketch, output_sketch
 from app.hub.declared import DeclaredParent, declared_parents
@@ -28,6 +31,8 @@ from app.registry.errors import NameTaken, UnknownModel
 from app.registry.models import Model
 from app.registry.repository import ModelRepository
 from app.registry.storage import commit_staged, remove_stale, stage_folder, stage_upload
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -290,66 +295,23 @@ def to_dict(model: Model) -> dict:
 
 
 # Deleting a model ----------------------------------------------------------------------------
-# Self-contained (its imports are its own) so that it stays apart from the catalog's other logic.
-
-# The reason every record a deletion leaves behind gives (the graph's log, the failed jobs).
-MODEL_DELETED = "model deleted"
-
-# What the domains above the catalog clear of a model before its row goes, by name: each hook
-# is ``hook(session, model, key_id, reason) -> dict`` (counts for the answer, e.g.
-# ``{"edges_removed": 2}``), run in the deleting transaction. The catalog cannot import those
-# domains (they import it), so they register here: ``app.lineage.service`` registers the removal
-# of the model's edges, each logged, when it is imported (as the API, the worker and the
-# command line do).
-_deletion_hooks: dict = {}
 
 
-def on_model_deletion(name: str, hook) -> None:
-    """Run ``hook(session, model, key_id, reason) -> dict`` in every model deletion, before the
-    row goes; registering the same ``name`` again replaces the hook."""
-    _deletion_hooks[name] = hook
-
-
-def delete_model(session: Session, name: str, *, key_id: int | None = None) -> dict:
-    """Delete the model called ``name`` in the caller's transaction (an admin's right; ``key_id``
-    is the admin's key, None from the command line); ``UnknownModel`` if none is.
-
-    The registered hooks clear what other domains keep about it (its edges go, each logged with
-    ``key_id`` and the reason "model deleted"); its queued and running jobs are failed with
-    ``unknown_model``, and every job keeps its row without the model; then the row goes. Its
-    stored files are removed only once the transaction commits (``after_commit``), so a
-    deletion that fails loses nothing. Answers ``{"name", "sha256", "jobs_failed", ...}`` with
-    the hooks' counts (``edges_removed``)."""
-    import logging
-    from functools import partial
-
-    from app.core.db import after_commit
-    from app.registry.repository import ModelDeletion
-
-    model = get_by_name(session, name)
-    summary: dict = {"name": model.name, "sha256": model.sha256}
-    for hook in list(_deletion_hooks.values()):
-        summary.update(hook(session, model, key_id, MODEL_DELETED))
-    deletion = ModelDeletion(session)
-    summary["jobs_failed"] = deletion.fail_unfinished_jobs(
-        model.id, UnknownModel.code, "the job's model was deleted"
-    )
-    deletion.release_jobs(model.id)
+def delete_record(session: Session, model: Model) -> None:
+    """Delete ``model``'s row in the caller's transaction, and its stored files once that
+    commits (``after_commit``), so a deletion that fails loses nothing. What other domains keep
+    about the model (its edges, its jobs) is theirs to clear first: ``detection.delete_model``
+    does the whole deletion."""
     sha256, folder = model.sha256, model.storage_path
-    deletion.delete_row(model)
+    ModelRepository(session).delete(model)
     after_commit(session, partial(remove_model_files, folder, sha256))
-    logging.getLogger(__name__).info("key %s deleted model %s (%s)", key_id, name, summary)
-    return summary
 
 
 def remove_model_files(folder: str, sha256: str) -> None:
     """Remove a deleted model's stored folder (``STORAGE_DIR/models/<sha256>``), after its
     deletion committed. A folder already gone is not an error; one that is not where the catalog
     stores these weights is left alone, and a failure to remove is logged, never raised (the
-    deletion stands)."""
-    import logging
-
-    log = logging.getLogger(__name__)
+    deletion stands; the sweeper removes what no row names)."""
     path = Path(folder)
     if path.name != sha256 or path.parent.name != "models":
         log.warning("not removing %s: not the stored folder of weights %s", folder, sha256)
