@@ -22,6 +22,7 @@ from app.detection.repository import JobRepository
 from app.detection.sweeper import sweep
 from app.engine.model_files import save_model
 from app.registry import service as registry
+from app.registry.storage import UNCOMMITTED
 from tests.factories import TINY_MLP_CONFIG, tiny_mlp_state
 
 
@@ -188,6 +189,13 @@ def test_the_sweeper_removes_what_failed_uploads_left_and_nothing_else(db, tmp_p
     orphan = storage / "models" / ("f" * 64)
     orphan.mkdir()
     (orphan / "model.safetensors").write_bytes(b"weights")
+    (orphan / UNCOMMITTED).touch()
+    # Stored weights no row of *this* database names, but committed once (no marker): a
+    # service pointed at the wrong database must not empty its storage.
+    foreign = storage / "models" / ("e" * 64)
+    foreign.mkdir()
+    (foreign / "model.safetensors").write_bytes(b"someone's weights")
+    stale(foreign)
     # The same, but recent: possibly a request still in progress.
     recent = storage / "staging" / uuid.uuid4().hex
     recent.mkdir()
@@ -203,7 +211,8 @@ def test_the_sweeper_removes_what_failed_uploads_left_and_nothing_else(db, tmp_p
 
     swept = sweep(factory, Recorder().enqueue, settings)
     assert sorted(swept.removed) == sorted([f"staging/{cut.name}", f"models/{orphan.name}"])
-    assert kept.is_dir() and recent.is_dir() and streaming.is_dir()
+    assert kept.is_dir() and recent.is_dir() and streaming.is_dir() and foreign.is_dir()
+    assert not (kept / UNCOMMITTED).exists()  # its row committed: the marker went
     assert not cut.exists() and not orphan.exists()
 
 
@@ -221,3 +230,15 @@ def test_the_sweeper_leaves_a_folder_a_request_is_still_working_in(db, tmp_path)
         assert sweep(factory, Recorder().enqueue, settings).removed == []
         assert busy.is_dir()
     assert sweep(factory, Recorder().enqueue, settings).removed == [f"staging/{busy.name}"]
+
+
+def test_a_marker_left_on_a_committed_folder_is_cleared_not_the_folder(db, tmp_path):
+    """The process stopped between the row's commit and the marker's removal: the sweeper sees
+    the row and removes only the marker."""
+    factory, settings = db
+    submit(db, tmp_path)
+    [kept] = list((settings.storage_dir / "models").iterdir())
+    (kept / UNCOMMITTED).touch()
+    stale(kept)
+    assert sweep(factory, Recorder().enqueue, settings).removed == []
+    assert kept.is_dir() and not (kept / UNCOMMITTED).exists()

@@ -30,7 +30,13 @@ from app.registry import shortlist
 from app.registry.errors import NameTaken, UnknownModel
 from app.registry.models import Model
 from app.registry.repository import ModelRepository
-from app.registry.storage import commit_staged, remove_stale, stage_folder, stage_upload
+from app.registry.storage import (
+    commit_staged,
+    mark_committed,
+    remove_stale,
+    stage_folder,
+    stage_upload,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +105,8 @@ def ingest(
         staging = stage_upload(settings.storage_dir, source.files, settings.max_model_bytes)
     declared = declared_parents(staging)
     folder, loaded, fresh = commit_staged(settings.storage_dir, staging, settings.max_model_bytes)
+    if fresh:  # stored by this request: the sweeper's until the row commits
+        after_commit(session, partial(mark_committed, folder))
     try:
         model, created = register(
             session,

@@ -6,10 +6,13 @@ under its weights' SHA-256 with one atomic rename. The same weights stored twice
 copy. Nothing half-written is ever visible under ``models/``: a refused upload leaves no trace.
 
 The move happens before the model's row commits, so that no row ever names files that are not
-there. An upload whose row never commits (the database went away, the process was killed
-mid-request) leaves a staging folder or a stored folder no row names; the sweeper removes both
-once they are older than ``STAGING_MAX_AGE`` (``remove_stale``), long after any request that
-could still commit a row for them.
+there. Until that commit, the stored folder carries an ``UNCOMMITTED`` marker, removed once the
+row commits (``mark_committed``). An upload whose row never commits (the database went away,
+the process was killed mid-request) leaves a staging folder, or a stored folder with its marker;
+the sweeper removes both once older than ``STAGING_MAX_AGE`` (``remove_stale``), long after any
+request that could still commit a row for them. A stored folder without the marker is never
+removed by the sweeper, whatever database it is compared with: a service pointed at the wrong
+database by mistake cannot empty its storage.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from app.engine.weightspace import STATISTICS_FILE, save_statistics
 from app.registry.errors import UploadRefused
 
 CHUNK = 1 << 20
+# In a stored model folder whose row has not committed yet (see the module's docstring).
+UNCOMMITTED = ".uncommitted"
 # What a model folder may hold; anything else in an upload is refused by name.
 ACCEPTED_NAMES = {"config.json", "README.md", "adapter_config.json", "model.safetensors.index.json"}
 ACCEPTED_SUFFIXES = (".safetensors",)
@@ -119,6 +124,7 @@ def _commit_staged(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     final.parent.mkdir(parents=True, exist_ok=True)
+    (staging / UNCOMMITTED).touch()  # moves with the folder; gone once the row commits
     fresh = True
     try:
         staging.rename(final)
@@ -167,13 +173,20 @@ def _remove_unless_in_use(folder: Path) -> bool:
     return True
 
 
+def mark_committed(folder: Path) -> None:
+    """The row naming stored ``folder`` has committed: it is no longer the sweeper's."""
+    (folder / UNCOMMITTED).unlink(missing_ok=True)
+
+
 def remove_stale(
     storage_dir: Path, referenced: Callable[[], set[str]], max_age: float
 ) -> list[str]:
-    """Remove what failed uploads left: staging folders, and stored model folders that no row
-    names (``referenced()``: the SHA-256 of every registered model, asked only when there is a
-    candidate), when their last change is more than ``max_age`` seconds old. Returns the removed
-    folders, relative to ``storage_dir``."""
+    """Remove what failed uploads left: staging folders, and stored model folders still marked
+    ``UNCOMMITTED`` that no row names (``referenced()``: the SHA-256 of every registered model,
+    asked only when there is such a folder), when their last change is more than ``max_age``
+    seconds old. A marked folder that a row does name lost only its marker's removal (the
+    process stopped right after the commit): its marker goes. Returns the removed folders,
+    relative to ``storage_dir``."""
     cutoff = time.time() - max_age
 
     def old(folders: Iterable[Path]) -> list[Path]:
@@ -193,9 +206,17 @@ def remove_stale(
 
     staging_dir, models_dir = storage_dir / "staging", storage_dir / "models"
     stale = old(staging_dir.iterdir()) if staging_dir.is_dir() else []
-    stored = old(models_dir.iterdir()) if models_dir.is_dir() else []
+    pending = (
+        [p for p in models_dir.iterdir() if (p / UNCOMMITTED).exists()]
+        if models_dir.is_dir()
+        else []
+    )
+    stored = old(pending)
     if stored:
         names = referenced()
         stale += [folder for folder in stored if folder.name not in names]
+        for folder in stored:
+            if folder.name in names:
+                mark_committed(folder)
     removed = [folder for folder in stale if _remove_unless_in_use(folder)]
     return [str(folder.relative_to(storage_dir)) for folder in removed]
