@@ -93,3 +93,7 @@ def test_auto_prefers_the_parent_to_the_descendant_with_the_term(family):
     assert ranking.candidates[-1].parent in {"grandchild", "root", "b"}
     scores = {c.parent: c.score for c in ranking.candidates}
     assert scores["a"] > scores["grandchild"]
+    # The ratios travel with the answer, for the graph's conflicts (lineage.proposed_direction).
+    assert set(ranking.direction) == {"root", "a", "b", "grandchild"}
+    assert ranking.direction["grandchild"] > 0 > ranking.direction["a"]
+    assert ranking.to_dict()["direction"] == ranking.direction

@@ -193,3 +193,53 @@ def test_deleting_or_stating_an_edge_is_a_logged_curator_action(service, family)
     ]
     assert log[1]["detail"]["reason"] == "a bad upload" and log[1]["key_id"] is not None
     assert alice.get("/graph/log", params={"kind": "conflict"}).json() == []
+
+
+def test_a_conflict_proposes_the_direction_its_evidence_points(service, family):
+    """A job on org/base's weights that infers its own child as its parent: the edge would
+    close a cycle. The conflict says which way the edge should point, from which of the two lies
+    nearer the family's centre (the job's outward log ratio), or that nothing says so."""
+    import uuid
+
+    from app.core.db import transaction
+    from app.detection import service as detection
+    from app.detection.models import Job
+
+    (alice,) = keys(service, "curator")
+    alice.post("/parents", data={"name": "org/base"}, files=upload(family.parents[1]))
+    promote = {"name": "org/child", "register_as_parent": "true"}
+    queued = alice.post("/detect", data=promote, files=upload(family.child))
+    assert service.finished_job(queued.json()["job_id"])["status"] == "succeeded"
+    with service.factory() as session:
+        base = session.scalar(select(Model).where(Model.name == "org/base"))
+    request = {"method": "auto", "write_edges": True, "declared": []}
+
+    def infer_child_as_parent(direction: dict | None) -> None:
+        job_id = str(uuid.uuid4())
+        with transaction(service.factory) as session:
+            session.add(Job(id=job_id, status="running", child_id=base.id, request=request))
+        claimed = detection.Claimed(
+            job_id, base.id, base.name, base.storage_path, base.sha256, request, [], 1
+        )
+        decision = {
+            "parent": "org/child",
+            "confidence": 0.9,
+            "method": "auto",
+            "best": "org/child",
+            "margin": 3.0,
+            "calibrated": True,
+        }
+        best = {"parent": "org/child", "score": 1.0, "scores": {}}
+        result = {"decision": decision, "candidates": [best], "skipped": [], "direction": direction}
+        detection.record(service.factory, claimed, result)
+
+    infer_child_as_parent({"org/child": 0.4})  # the child lies farther out: a descendant
+    infer_child_as_parent({"org/child": -0.4})  # the child lies nearer: the graph looks wrong
+    infer_child_as_parent(None)  # too few candidates for direction evidence
+    conflicts = alice.get("/audit", params={"verdict": "conflict"}).json()["conflicts"]
+    none, nearer, farther = (c["detail"] for c in conflicts)  # newest first
+    assert farther["proposed"] == {"parent": "org/base", "child": "org/child"}
+    assert farther["direction_evidence"] == 0.4 and "org/base lies nearer" in farther["basis"]
+    assert nearer["proposed"] == {"parent": "org/child", "child": "org/base"}
+    assert none["proposed"] is None and "no direction evidence" in none["basis"]
+    assert edges(alice, "org/child") == {("org/base", "org/child", False)}  # unchanged

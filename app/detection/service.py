@@ -354,7 +354,14 @@ def record(factory: sessionmaker[Session], claimed: Claimed, result: dict) -> No
             if refusal is not None:
                 refused.append(refusal)
                 if refusal["code"] == "cycle":  # kept for review, not dropped silently
-                    lineage.record_conflict(session, parent, child, claimed.job_id, refusal)
+                    lineage.record_conflict(
+                        session,
+                        parent,
+                        child,
+                        claimed.job_id,
+                        refusal,
+                        result.get("direction"),
+                    )
 
         if not writes_graph:
             result["edges_withheld"] = (

@@ -336,7 +336,12 @@ def rank_candidates(
         for (p, scores), score in sorted(zip(kept, combined, strict=True), key=lambda t: -t[1])
     ]
     used = subnetwork.to_dict() if subnetwork is not None else None
-    return Ranking(child.name, decision, candidates, skipped, used)
+    direction = (
+        {p.name: float(ratio) for p, ratio in zip(comparable, outward, strict=True)}
+        if outward is not None
+        else None
+    )
+    return Ranking(child.name, decision, candidates, skipped, used, direction)
 
 
 def rank_with_detector(

@@ -44,13 +44,18 @@ class Decision:
 class Ranking:
     """A child's decision and its candidates, best first, plus those skipped; ``subnetwork``:
     the part of the models that function-space methods used, when not the whole model
-    (``{"blocks": N, "of": L, "parameters": P}``: the embeddings and first N of L blocks)."""
+    (``{"blocks": N, "of": L, "parameters": P}``: the embeddings and first N of L blocks);
+    ``direction``: each candidate's outward log ratio log(‖θ_k − θ̄‖ / ‖θ_c − θ̄‖), θ̄ the
+    candidates' mean weights, when ``auto`` computed it (three comparable candidates or more):
+    above 0, the candidate lies farther than the child from the family's centre, as a
+    descendant of the child would (``weightspace.outward_log_ratios``)."""
 
     child: str
     decision: Decision
     candidates: list[CandidateScore]
     skipped: list[Skipped] = field(default_factory=list)
     subnetwork: dict | None = None
+    direction: dict[str, float] | None = None
 
     def to_dict(self) -> dict:
         """The public JSON shape of ``lineage detect --json`` (see shared/design.md)."""

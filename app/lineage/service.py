@@ -113,10 +113,16 @@ def add_edge(session: Session, parent: Model, child: Model, **fields: Any) -> di
 
 
 def record_conflict(
-    session: Session, parent: Model, child: Model, job_id: str | None, refusal: dict
+    session: Session,
+    parent: Model,
+    child: Model,
+    job_id: str | None,
+    refusal: dict,
+    direction: dict[str, float] | None = None,
 ) -> None:
     """Keep an edge the graph refused (it would close a cycle) as a ``conflict`` event for a
-    curator to review (``GET /audit?verdict=conflict``), rather than dropping it silently."""
+    curator to review (``GET /audit?verdict=conflict``), rather than dropping it silently, with
+    the direction the evidence proposes (``proposed_direction``)."""
     LineageRepository(session).add_event(
         GraphEvent(
             kind="conflict",
@@ -125,9 +131,39 @@ def record_conflict(
             parent_name=parent.name,
             child_name=child.name,
             job_id=job_id,
-            detail={"code": refusal["code"], "message": refusal["message"]},
+            detail={
+                "code": refusal["code"],
+                "message": refusal["message"],
+                **proposed_direction(parent.name, child.name, direction),
+            },
         )
     )
+
+
+def proposed_direction(parent: str, child: str, direction: dict[str, float] | None) -> dict:
+    """Which way the refused edge ``parent`` → ``child`` should point, by which of the two is
+    nearer the family's root: ``direction`` holds the job's outward log ratios (``Ranking.
+    direction``: log(‖θ_k − θ̄‖ / ‖θ_child − θ̄‖) from the candidates' centre θ̄). Below 0,
+    ``parent`` is the nearer, as a parent is: the proposal is the refused edge, and the
+    existing path from ``child`` to ``parent`` is what looks wrong. Above 0, ``parent`` looks
+    like the child's descendant: the proposal is the reverse edge, as the graph has it. Without
+    the ratio (fewer than three comparable candidates, or a method other than ``auto``), no
+    direction is proposed and the answer says why."""
+    ratio = (direction or {}).get(parent)
+    if ratio is None:
+        return {
+            "proposed": None,
+            "direction_evidence": None,
+            "basis": "no direction evidence: it needs auto with at least three comparable "
+            "candidates; a curator decides",
+        }
+    nearer, farther = (parent, child) if ratio < 0 else (child, parent)
+    return {
+        "proposed": {"parent": nearer, "child": farther},
+        "direction_evidence": ratio,
+        "basis": f"{nearer} lies nearer the family's centre than {farther} "
+        f"(outward log ratio of {parent} against {child}: {ratio:+.3f})",
+    }
 
 
 def _edge_between(session: Session, parent_name: str, child_name: str) -> tuple[Edge, dict]:
