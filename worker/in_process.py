@@ -17,14 +17,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings
 from app.core.db import DATABASE_UNAVAILABLE
-from app.detection.service import new_claim_token, run_job
+from app.detection.service import (
+    DATABASE_RETRIES,
+    new_claim_token,
+    retry_delay,
+    run_job_as_configured,
+)
 from app.detection.sweeper import sweep_quietly
 
 log = logging.getLogger(__name__)
-
-# Tries of one job while the database is away, and the longest wait between two.
-DATABASE_RETRIES = 8
-MAX_BACKOFF = 60.0
 
 
 class InProcessDispatcher:
@@ -72,23 +73,14 @@ class InProcessDispatcher:
 
     def _run(self, job_id: str, token: str | None, tries: int) -> None:
         token = token or new_claim_token()
-        settings = self.settings
         try:
-            run_job(
-                self.factory,
-                job_id,
-                device=settings.device,
-                shortlist_size=settings.shortlist_size,
-                token=token,
-                heartbeat_interval=settings.job_heartbeat_interval,
-                stale_after=settings.job_stale_after,
-            )
+            run_job_as_configured(self.settings, self.factory, job_id, token)
         except DATABASE_UNAVAILABLE as exc:
             if tries + 1 >= DATABASE_RETRIES or self._closed.is_set():
                 log.warning("job %s: database away, left to the sweeper (%s)", job_id, exc)
                 return
-            delay = min(MAX_BACKOFF, 2.0**tries)
-            log.warning("job %s: database away, trying again in %.0f s", job_id, delay)
+            delay = retry_delay(tries)
+            log.warning("job %s: database away, trying again in %d s", job_id, delay)
             retry = (job_id, token, tries + 1)
             timer = threading.Timer(delay, self._queue.put, args=(retry,))
             timer.daemon = True

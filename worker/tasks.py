@@ -23,17 +23,18 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from app.core.config import get_settings
 from app.core.db import DATABASE_UNAVAILABLE, make_engine, session_factory
-from app.detection.service import new_claim_token, run_job
+from app.detection.service import (
+    DATABASE_RETRIES,
+    new_claim_token,
+    retry_delay,
+    run_job_as_configured,
+)
 from app.detection.sweeper import sweep_quietly
 from worker.celery_app import DETECT_TASK, make_celery
 
 log = logging.getLogger(__name__)
 
 celery = make_celery()
-
-# Tries of one delivery while the database is away (backoff 1, 2, 4 … 60 s: about 4 minutes).
-DATABASE_RETRIES = 8
-MAX_BACKOFF = 60
 
 
 @lru_cache(maxsize=1)
@@ -45,18 +46,9 @@ def _factory():
 def detect(self, job_id: str, token: str | None = None) -> None:
     """Run detection job ``job_id`` (its id is also this task's id); ``token``: the claim of a
     retried delivery."""
-    settings = get_settings()
     token = token or new_claim_token()
     try:
-        run_job(
-            _factory(),
-            job_id,
-            device=settings.device,
-            shortlist_size=settings.shortlist_size,
-            token=token,
-            heartbeat_interval=settings.job_heartbeat_interval,
-            stale_after=settings.job_stale_after,
-        )
+        run_job_as_configured(get_settings(), _factory(), job_id, token)
     except DATABASE_UNAVAILABLE as exc:
         if self.request.retries >= DATABASE_RETRIES:
             log.warning(
@@ -65,7 +57,7 @@ def detect(self, job_id: str, token: str | None = None) -> None:
                 1 + DATABASE_RETRIES,
             )
             return
-        countdown = min(MAX_BACKOFF, 2**self.request.retries)
+        countdown = retry_delay(self.request.retries)
         log.warning(
             "job %s: database away (%s); retry in %d s", job_id, type(exc).__name__, countdown
         )

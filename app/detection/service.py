@@ -474,6 +474,34 @@ def run_job(
     record(factory, claimed, result)
 
 
+# How a worker retries a job whose claim or record met a database fault: this many tries,
+# waiting 1, 2, 4 … seconds (at most MAX_RETRY_DELAY) in between, about 4 minutes in all; after
+# that, the sweeper takes the job over.
+DATABASE_RETRIES = 8
+MAX_RETRY_DELAY = 60
+
+
+def retry_delay(tries: int) -> int:
+    """Seconds to wait before try ``tries + 1`` of a job that met a database fault."""
+    return min(MAX_RETRY_DELAY, 2**tries)
+
+
+def run_job_as_configured(
+    settings: Settings, factory: sessionmaker[Session], job_id: str, token: str
+) -> None:
+    """``run_job`` with a worker's settings (device, shortlist, heartbeat) under claim
+    ``token``."""
+    run_job(
+        factory,
+        job_id,
+        device=settings.device,
+        shortlist_size=settings.shortlist_size,
+        token=token,
+        heartbeat_interval=settings.job_heartbeat_interval,
+        stale_after=settings.job_stale_after,
+    )
+
+
 def out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is an allocation refused (Python's and numpy's ``MemoryError``, PyTorch's
     CPU allocator's ``RuntimeError`` and CUDA's ``OutOfMemoryError``)."""
