@@ -352,3 +352,15 @@ def test_a_job_past_the_worker_memory_limit_fails_cleanly(service, tmp_path):
     other = folders["parent-2"]  # any registered weights: a job runs on the existing record
     second = service.wait(submit_child(service, other, "org/again"), FINISHED, timeout=120)
     assert second.status == "succeeded", second.error
+
+
+def test_a_job_past_the_time_limit_fails_cleanly(service, tmp_path):
+    """``TASK_TIME_LIMIT`` (its soft limit 30 s earlier, here 1 s) ends a job that runs longer
+    as ``failed`` with ``time_limit``, not ``running`` for good."""
+    folders = train_family(tmp_path / "zoo", WIDER_MLP, parents=3, steps=5)  # ~10 s a job
+    register_parents(service, folders, parents=3)
+    service.env["TASK_TIME_LIMIT"] = "31"
+    service.start_worker()
+    job_id = submit_child(service, folders["child"], "org/child")
+    job = service.wait(job_id, FINISHED, timeout=120)
+    assert job.status == "failed" and job.error["code"] == "time_limit", job.error
