@@ -79,8 +79,10 @@ def claim(db, job_id: str, token: str, stale_after: float = 60) -> bool:
 
 def test_a_job_is_held_by_one_claim_while_its_worker_beats(db, tmp_path):
     job_id = submit(db, tmp_path)
+    assert detection.to_dict(job(db, job_id), None)["heartbeat_at"] is None
     assert claim(db, job_id, "worker-a")
     assert job(db, job_id).attempts == 1
+    assert detection.to_dict(job(db, job_id), None)["heartbeat_at"] is not None  # GET /jobs
     # A second delivery while the first worker is alive: refused, nothing counted.
     assert not claim(db, job_id, "worker-b")
     assert (job(db, job_id).claimed_by, job(db, job_id).attempts) == ("worker-a", 1)

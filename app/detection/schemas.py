@@ -58,7 +58,10 @@ class JobStatus(BaseModel):
     status: Literal["queued", "running", "succeeded", "failed"]
     progress: float = Field(description="From 0 to 1.")
     child: str | None = Field(description="The child model's name.")
-    attempts: int = Field(description="How many times a worker claimed the job.")
+    attempts: int = Field(
+        description="How many times a worker claimed the job (more than 1: a worker stopped "
+        "mid-run and another took it over)."
+    )
     verdict: str | None = Field(
         None,
         description="Audit verdict once succeeded: consistent, undisclosed, mismatch, "
@@ -73,4 +76,9 @@ class JobStatus(BaseModel):
     )
     created_at: str | None
     started_at: str | None
+    heartbeat_at: str | None = Field(
+        None,
+        description="The last sign of life of the worker running it (every "
+        "JOB_HEARTBEAT_INTERVAL seconds); a job silent for JOB_STALE_AFTER is queued again.",
+    )
     finished_at: str | None
