@@ -204,3 +204,18 @@ def test_progress_is_reported_per_candidate(tmp_path):
     detection.score(claimed, "cpu", seen.append)
     engine.dispose()
     assert seen == pytest.approx([0.3, 0.5, 0.7, 0.9])  # each step once, forward only
+
+
+def test_statistics_are_found_by_the_folder_that_holds_them(tmp_path):
+    """A model opened from a stored folder under another id (the benchmark's synthetic catalog
+    rows do this) still reads the folder's statistics: they are tagged with the folder's name,
+    its weights' SHA-256. A model from elsewhere does not."""
+    source = save_model(tmp_path / "p", tiny_mlp_state(0), TINY_MLP_CONFIG)
+    model = open_model(source, "p")
+    folder = tmp_path / "storage" / model.sha256
+    folder.mkdir(parents=True)
+    for path in source.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    weightspace.save_statistics(model, folder)
+    assert open_trusted(folder, "synthetic", "0" * 64).cache.get("spectrum")
+    assert weightspace.load_statistics(open_trusted(source, "elsewhere", "0" * 64), folder) is False
