@@ -141,14 +141,6 @@ class JobRepository:
         )
         return [(job_id, sent) for job_id, sent in rows]
 
-    def set_progress(self, job_id: str, value: float) -> None:
-        """Record a running job's progress (0–1)."""
-        self.session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobState.RUNNING)
-            .values(progress=value)
-        )
-
     def fail_unfinished_of(self, model_id: int, code: str, message: str) -> int:
         """Mark the queued and running jobs of model ``model_id`` failed with ``{"code",
         "message"}``; how many there were."""
@@ -175,14 +167,6 @@ class JobRepository:
             .where(Job.child_id == model_id)
             .values(child_id=None)
             .execution_options(synchronize_session=False)
-        )
-
-    def unfinished_ids(self) -> list[str]:
-        """Ids of the jobs left queued or running, oldest first."""
-        return list(
-            self.session.scalars(
-                select(Job.id).where(Job.status.in_(UNFINISHED)).order_by(Job.created_at)
-            )
         )
 
     def with_verdict(self, verdict: str, limit: int, offset: int) -> list[tuple[Job, str]]:

@@ -213,12 +213,6 @@ def claim(
         )
 
 
-def report_progress(factory: sessionmaker[Session], job_id: str, value: float) -> None:
-    """Record a running job's progress (0–1) in its own short transaction."""
-    with transaction(factory) as session:
-        JobRepository(session).set_progress(job_id, value)
-
-
 class ClaimLost(Exception):
     """The job is no longer this worker's: the sweeper gave it to another (this worker was
     silent too long), or another delivery finished it."""

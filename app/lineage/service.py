@@ -182,21 +182,37 @@ def delete_edge(
     event with the edge as it was, the key and the reason. ``UnknownModel``/``UnknownEdge``."""
     edge, names = _edge_between(session, parent_name, child_name)
     before = edge_dict(edge, names, with_evidence=True)
-    repository = LineageRepository(session)
+    _delete_logged(LineageRepository(session), edge, before, key_id=key_id, reason=reason)
+    return before
+
+
+def _delete_logged(
+    repository: LineageRepository,
+    edge: Edge,
+    before: dict,
+    *,
+    key_id: int | None,
+    reason: str,
+    deleted_model: Model | None = None,
+) -> None:
+    """Delete ``edge`` (``before``: its public JSON) and log it as an ``edge_deleted`` event
+    with the key and the reason; ``deleted_model``: the model whose deletion takes the edge
+    with it (the event keeps its name, not its id)."""
+    gone = deleted_model.id if deleted_model is not None else None
+    extra = {"deleted_model": deleted_model.name} if deleted_model is not None else {}
     repository.delete_edge(edge)
     repository.add_event(
         GraphEvent(
             kind="edge_deleted",
-            parent_id=edge.parent_id,
-            child_id=edge.child_id,
-            parent_name=parent_name,
-            child_name=child_name,
+            parent_id=None if edge.parent_id == gone else edge.parent_id,
+            child_id=None if edge.child_id == gone else edge.child_id,
+            parent_name=before["parent"],
+            child_name=before["child"],
             key_id=key_id,
-            detail={"reason": reason, "edge": before},
+            detail={"reason": reason, **extra, "edge": before},
         )
     )
-    log.info("key %s deleted edge %s -> %s: %s", key_id, parent_name, child_name, reason)
-    return before
+    log.info("key %s deleted edge %s -> %s: %s", key_id, before["parent"], before["child"], reason)
 
 
 def set_edge(
@@ -273,20 +289,6 @@ def remove_edges_of(session: Session, model: Model, key_id: int | None, reason: 
                 names[end] = other.name if other is not None else f"#{end}"
     for edge in edges:
         before = edge_dict(edge, names, with_evidence=True)
-        repository.delete_edge(edge)
-        repository.add_event(
-            GraphEvent(
-                kind="edge_deleted",
-                parent_id=None if edge.parent_id == model.id else edge.parent_id,
-                child_id=None if edge.child_id == model.id else edge.child_id,
-                parent_name=before["parent"],
-                child_name=before["child"],
-                key_id=key_id,
-                detail={"reason": reason, "deleted_model": model.name, "edge": before},
-            )
-        )
-        log.info(
-            "key %s removed edge %s -> %s: %s", key_id, before["parent"], before["child"], reason
-        )
+        _delete_logged(repository, edge, before, key_id=key_id, reason=reason, deleted_model=model)
     repository.release_events(model.id)
     return len(edges)

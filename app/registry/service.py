@@ -319,7 +319,7 @@ def remove_model_files(folder: str, sha256: str) -> None:
     """Remove a deleted model's stored folder (``STORAGE_DIR/models/<sha256>``), after its
     deletion committed. A folder already gone is not an error; one that is not where the catalog
     stores these weights is left alone, and a failure to remove is logged, never raised (the
-    deletion stands; the sweeper removes what no row names)."""
+    deletion stands; the folder, committed once and unmarked, stays until removed by hand)."""
     path = Path(folder)
     if path.name != sha256 or path.parent.name != "models":
         log.warning("not removing %s: not the stored folder of weights %s", folder, sha256)
