@@ -4,8 +4,10 @@ Which output is f(x), the K-dimensional vector the function-space methods compar
 - ``lineage-mlp`` and ``lineage-cnn``: the logits when parent and child heads have the same shape;
   the penultimate features (the input of the head) when the child's head was replaced.
 - any ``transformers`` architecture: the base model's last hidden state (N, L, H), flattened to
-  (N, L·H). Task heads (classifier, LM head, pooler) are outside the base model and never enter f,
-  so a re-initialised head is handled by construction.
+  (N, L·H); L counts tokens, or a vision transformer's patches plus its class token (a model
+  whose forward takes ``pixel_values`` has input_kind "image" and gets images, no mask). Task
+  heads (classifier, LM head, pooler) are outside the base model and never enter f, so a
+  re-initialised head is handled by construction.
 
 Weights enter the network through ``torch.func.functional_call``, so one module serves every model
 of the same architecture and the linearisation can differentiate with respect to a dict of tensors.
@@ -138,8 +140,11 @@ class Network:
     ) -> torch.Tensor:
         """f(x) for the weights in ``state``: (N, K)."""
         if self.family == "transformers":
-            attention = torch.ones_like(x)
-            out = functional_call(self.module, state, (x,), {"attention_mask": attention})
+            if self.input_kind == "image":  # a vision transformer: images, no attention mask
+                out = functional_call(self.module, state, (), {"pixel_values": x})
+            else:
+                attention = torch.ones_like(x)
+                out = functional_call(self.module, state, (x,), {"attention_mask": attention})
             return out.last_hidden_state.flatten(1)
         return functional_call(self.module, state, (x,), {"features": not use_head})
 
@@ -183,6 +188,11 @@ def _build_cnn(config: dict) -> Network:
     return Network("lineage-cnn", module, config, "image", head=frozenset({"fc.weight", "fc.bias"}))
 
 
+def _transformers_input_kind(module: nn.Module) -> str:
+    """ "image" for a model whose forward takes ``pixel_values`` (ViT and kin), else "tokens"."""
+    return "image" if getattr(module, "main_input_name", None) == "pixel_values" else "tokens"
+
+
 def _build_transformers(config: dict) -> Network:
     import transformers
 
@@ -206,7 +216,7 @@ def _build_transformers(config: dict) -> Network:
         "transformers",
         module,
         config,
-        "tokens",
+        _transformers_input_kind(module),
         file_prefix=f"{prefix}." if prefix else "",
         optional=optional,
     )
