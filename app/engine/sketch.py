@@ -132,7 +132,7 @@ def output_features(
     model: LoadedModel, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(F (M, H), the probes): the model's features on its architecture's probes, one row per
-    probe (per probe token for ``transformers``: the last hidden state; the input of the head
+    probe (per probe token or image patch for ``transformers``: the last hidden state; the input of the head
     for ``lineage-mlp`` and ``lineage-cnn``), float64 on ``device``, from one forward pass
     without gradients. Raises ``LineageError`` when the network cannot be built or does not fit
     the weights."""
@@ -142,8 +142,9 @@ def output_features(
     probes = probe_inputs(network, device=device)
     with torch.no_grad():
         if network.family == "transformers":
-            hidden = network.output(state, probes)  # (N, L·H)
-            return hidden.reshape(probes.numel(), -1).double(), probes
+            hidden = network.output(state, probes)  # (N, L·H): L tokens or image patches
+            width = int(network.module.config.hidden_size)
+            return hidden.reshape(-1, width).double(), probes
         return network.output(state, probes, use_head=False).double(), probes
 
 
