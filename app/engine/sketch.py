@@ -132,10 +132,10 @@ def output_features(
     model: LoadedModel, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(F (M, H), the probes): the model's features on its architecture's probes, one row per
-    probe (per probe token or image patch for ``transformers``: the last hidden state; the input of the head
-    for ``lineage-mlp`` and ``lineage-cnn``), float64 on ``device``, from one forward pass
-    without gradients. Raises ``LineageError`` when the network cannot be built or does not fit
-    the weights."""
+    probe (per probe token or image patch for ``transformers``: the last hidden state; the
+    input of the head for ``lineage-mlp`` and ``lineage-cnn``), float64 on ``device``, from one
+    forward pass without gradients. Raises ``LineageError`` when the network cannot be built or
+    does not fit the weights."""
     network = network_for(model.config, device)
     # Read tensor by tensor into the state alone: the model keeps no float32 copy of itself.
     state, _ = model_state(network, model, device, keep=False)
