@@ -63,7 +63,7 @@ def test_zoo_counts_are_what_a_build_trains_and_splits(monkeypatch, family, size
 
     monkeypatch.setattr(zoo_module._Builder, "fit", fit)
     monkeypatch.setattr(zoo_module._Builder, "add", add)
-    monkeypatch.setattr(zoo_module, "_permute", lambda *_: None)
+    monkeypatch.setattr(zoo_module, "permute", lambda *_: None)
     monkeypatch.setattr(zoo_module, "initial_state", lambda *_: None)
     builder = zoo_module._Builder(family, Path("unused"), 0, 1.0, lambda _: None)
     num_parents, grid, _ = SIZES[size]

@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.bench.zoo import SPLITS, ancestors, build_zoo, make_splits, read_manifest
+from app.bench.zoo import (
+    FAR_LR,
+    FAR_STEPS,
+    NONE_SPLITS,
+    SPLITS,
+    ancestors,
+    build_zoo,
+    make_splits,
+    read_manifest,
+)
 from app.engine.architectures import build_network, model_state, open_model
 from app.engine.errors import InvalidArgument
 from app.engine.probes import probe_inputs
@@ -60,11 +69,28 @@ def test_manifest_records_every_model_and_its_lineage(zoo):
     assert manifest["size"] == "tiny" and manifest["seed"] == 0
     assert set(manifest["splits"]) == set(SPLITS)
     roles = {record["role"] for record in models.values()}
-    assert {"root", "parent", "standard", "distilled", "permuted", "generation"} <= roles
+    assert {
+        "root",
+        "parent",
+        "standard",
+        "distilled",
+        "permuted",
+        "residual-permuted",
+        "far",
+        "generation",
+        "stranger-root",
+        "stranger",
+    } <= roles
 
     assert models["root"]["parent"] is None
     assert models["root"]["generation"] == 0
-    assert [n for n, r in models.items() if r["parent"] is None] == ["root"]
+    assert [n for n, r in models.items() if r["parent"] is None] == ["root", "stranger-root"]
+    # A far child trains FAR_STEPS times its parent's steps at FAR_LR times its learning rate.
+    for name, record in models.items():
+        if record["role"] == "far":
+            parent = models[record["parent"]]
+            assert record["steps"] == FAR_STEPS * parent["steps"], name
+            assert record["lr"] == pytest.approx(FAR_LR * parent["lr"]), name
 
     for name, record in models.items():
         for key in ("parent", "generation", "role"):
@@ -83,7 +109,7 @@ def test_manifest_records_every_model_and_its_lineage(zoo):
         assert record["inherits_weights"] == (record["role"] != "distilled"), name
         if record["role"] == "distilled":
             assert record["regulariser"]["teacher"] == record["parent"]
-        if record["role"] == "permuted":
+        if record["role"] in ("permuted", "residual-permuted"):
             source = models[record["permutation_of"]]
             assert source["parent"] == record["parent"]
             assert source["generation"] == record["generation"]
@@ -107,9 +133,12 @@ def test_ground_truth_of_every_split_is_the_manifests(zoo):
             assert child not in candidates, where
             assert len(set(candidates)) == len(candidates), where
             assert all(c in models for c in candidates), where
-            if split == "orphans":
+            if split in NONE_SPLITS:
                 assert truth is None, where
                 assert related == [], where
+                # Cousins and siblings share the candidates' ancestors; orphans none of them.
+                shared = set(lineage) & {a for c in candidates for a in ancestors(models, c)}
+                assert bool(shared) == (split != "orphans"), where
                 continue
             assert truth in lineage, where
             assert truth in candidates, where
@@ -130,9 +159,10 @@ def test_splits_are_derived_from_the_manifest_alone(zoo):
 # --- the models -----------------------------------------------------------------------------
 
 
-def test_permuted_children_compute_their_source_function_with_other_weights(zoo):
+@pytest.mark.parametrize("role", ["permuted", "residual-permuted"])
+def test_permuted_children_compute_their_source_function_with_other_weights(zoo, role):
     models = read_manifest(zoo)["models"]
-    permuted = [n for n, r in models.items() if r["role"] == "permuted"]
+    permuted = [n for n, r in models.items() if r["role"] == role]
     assert permuted
     for name in permuted:
         source = models[name]["permutation_of"]
@@ -142,6 +172,11 @@ def test_permuted_children_compute_their_source_function_with_other_weights(zoo)
         changed = [k for k in weights if not torch.equal(weights[k], source_weights[k])]
         assert changed, f"{name} has the very weights of {source}"
         if network.family == "transformers":
+            embeddings = [k for k in weights if "wte" in k or "embed" in k]
+            moved = [k for k in embeddings if not torch.equal(weights[k], source_weights[k])]
+            # Only a residual permutation moves the embeddings (the stream's own axis).
+            assert bool(moved) == (role == "residual-permuted"), name
+        if network.family == "transformers" and role == "residual-permuted":
             # The residual stream is permuted: the last hidden state comes out with its
             # features in another order.
             hidden = network.config["n_embd"]

@@ -3,9 +3,12 @@
 - Image and vector families learn scikit-learn's 8×8 digits; a task relabels the ten classes by a
   seeded permutation (``training.digits_task``), so fine-tunes on different tasks move apart as
   fine-tunes on different data sets do.
-- The language family learns synthetic languages: task t is a first-order Markov chain over the
-  vocabulary whose rows each put their mass on a few seeded successor tokens. The root is trained
-  on a mixture of chains (its "pretraining corpus"), parents and children on single chains.
+- The language families (GPT-2, Llama: causal LMs; BERT: a masked LM, ``training.objective``)
+  learn synthetic languages: task t is a first-order Markov chain over the vocabulary whose rows
+  each put their mass on a few seeded successor tokens. The root is trained on a mixture of chains
+  (its "pretraining corpus"), parents and children on single chains. A masked LM's languages leave
+  out its [MASK] id (the last of the vocabulary); its labels are the original sequences and its
+  inputs the same sequences with a seeded 15% of positions masked (``train`` re-masks every batch).
 
 Variants used by the benchmark's splits: ``few_shot`` keeps k examples per class (k sequences for
 a language); ``imbalanced`` keeps class c with probability ρ^(c/(C−1)) (a long tail, as in
@@ -17,7 +20,14 @@ from __future__ import annotations
 import torch
 
 from app.engine.architectures import Network
-from app.engine.training import digits_task
+from app.engine.training import (
+    MASKED_LM,
+    digits_task,
+    is_language,
+    mask_token_id,
+    mask_tokens,
+    objective,
+)
 
 NUM_SEQUENCES = 1024
 SUCCESSORS = 3
@@ -47,10 +57,19 @@ def _sample_chain(
 
 
 def language_task(
-    config: dict, task: int | None, n: int = NUM_SEQUENCES, start_tail: float | None = None
+    config: dict,
+    task: int | None,
+    n: int = NUM_SEQUENCES,
+    start_tail: float | None = None,
+    vocab: int | None = None,
 ) -> torch.Tensor:
-    """Token sequences (n, L) of synthetic language ``task`` (None: the root's mixture)."""
-    vocab = int(config["vocab_size"])
+    """Token sequences (n, L) of synthetic language ``task`` (None: the root's mixture), L the
+    config's ``n_positions`` (GPT-2) or ``max_position_embeddings`` (BERT, Llama).
+
+    ``vocab``: the token ids the language uses are 0..vocab−1 (default: the config's
+    ``vocab_size``); a masked LM passes ``vocab_size − 1`` so that [MASK] is never emitted.
+    """
+    vocab = int(config["vocab_size"]) if vocab is None else int(vocab)
     length = int(config.get("n_positions") or config.get("max_position_embeddings"))
     generator = torch.Generator().manual_seed(70_000 + (task if task is not None else -1))
     start = torch.ones(vocab)
@@ -75,17 +94,25 @@ def task_data(
     imbalance: float | None = None,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(inputs, labels) of ``task`` for ``network``; labels are None for a language model.
+    """(inputs, labels) of ``task`` for ``network``: digits images or vectors and their classes
+    (MLP, CNN, ViT: by the network's input kind); token sequences for a language model
+    (``training.is_language``), with labels None for a causal LM; for a masked LM the inputs are the
+    sequences with a seeded ``MASK_RATE`` of positions replaced by [MASK] and the labels are the
+    original sequences (``training.task_loss`` counts the positions where the two differ).
 
     ``few_shot``: keep that many examples per class (sequences for a language).
     ``imbalance`` ρ: class c kept with probability ρ^(c/9); for a language, start tokens follow
     that tail instead.
     """
     generator = torch.Generator().manual_seed(90_000 + seed)
-    if network.family == "transformers":
-        x = language_task(network.config, task, start_tail=imbalance)
+    if is_language(network):
+        masked = objective(network) == MASKED_LM
+        vocab = mask_token_id(network.config) if masked else None
+        x = language_task(network.config, task, start_tail=imbalance, vocab=vocab)
         if few_shot is not None:
             x = x[torch.randperm(len(x), generator=generator)[:few_shot]]
+        if masked:
+            return mask_tokens(x, mask_token_id(network.config), generator), x
         return x, None
     x, y = digits_task(network, task)
     if few_shot is not None:
