@@ -413,7 +413,7 @@ def _progress(message: str) -> None:
 
 @zoo_cli.command("build")
 def zoo_build(
-    family: str = typer.Argument(..., help="mlp, cnn or gpt2."),
+    family: str = typer.Argument(..., help="mlp, cnn, gpt2, bert, llama or vit."),
     out: Path = typer.Option(..., "--out", help="Folder to write the zoo into."),
     seed: int = typer.Option(0, help="Seed of the zoo (initialisation, tasks, batches)."),
     size: str = typer.Option("small", help="tiny (tests), small (benchmark) or full."),
@@ -471,14 +471,18 @@ def bench(
     ),
     seeds: int = typer.Option(3, help="Reported zoo seeds 0..K-1 per family."),
     families: list[str] = typer.Option(
-        None, "--families", help="Families (repeat or comma-separate; default: mlp, cnn, gpt2)."
+        None,
+        "--families",
+        help="Families (repeat or comma-separate; default: mlp, cnn, gpt2, bert, llama, vit).",
     ),
     size: str = typer.Option("small", help="Zoo size when zoos are built: tiny, small or full."),
     out: Path = typer.Option(None, "--out", help="Write the report here (and its .png plot)."),
     calibrate: bool = typer.Option(
         False,
         "--calibrate",
-        help="First fit the engine's constants on held-out calibration zoos.",
+        help="Fit the engine's constants from the zoos' scores (each reported figure with "
+        "constants fitted without its zoo's seed, and without its family), and train the "
+        "universal detector.",
     ),
     calibration_out: Path = typer.Option(
         None, help="Where --calibrate writes (default: the engine's calibration.json)."
@@ -500,10 +504,14 @@ def bench(
     scale_timing: bool = typer.Option(
         False, "--scale-timing", help="Also time every method on a MiniLM-sized pair (22.7M)."
     ),
+    jobs: int = typer.Option(
+        1, "--jobs", help="Zoos built and scored at once, each in a one-thread process."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="Do not print progress."),
 ) -> None:
     """Score every method on every split of the zoos; print (and write) the benchmark report."""
     from app.bench.run import default_calibration_path, run_bench
+    from app.bench.zoo import CONFIGS
     from app.engine.detector_inputs import CHECKPOINT_DIR
 
     if zoo.exists() and not zoo.is_dir():
@@ -512,6 +520,8 @@ def bench(
         _fail("--probes must be at least 2")
     if detector_epochs is not None and detector_epochs < 1:
         _fail("--detector-epochs must be at least 1")
+    if jobs < 1:
+        _fail("--jobs must be at least 1")
     command = "lineage bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "lineage bench"
     try:
         torch_device = _device(device)
@@ -519,7 +529,7 @@ def bench(
         with _progress_bar("models trained, queries scored", quiet=quiet) as bar:
             report, _ = run_bench(
                 zoo,
-                families=_split_names(families) or ["mlp", "cnn", "gpt2"],
+                families=_split_names(families) or list(CONFIGS),
                 seeds=seeds,
                 size=size,
                 methods=_split_names(methods),
@@ -531,6 +541,7 @@ def bench(
                 probes=probes,
                 reuse=reuse_scores,
                 scale_timing=scale_timing,
+                jobs=jobs,
                 command=command,
                 log=bar.log,
                 progress=bar,

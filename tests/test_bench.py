@@ -1,9 +1,10 @@
 """``lineage bench``: one tiny end-to-end run, ``auto`` judged as the engine judges it, the
 calibration's choices on synthetic scores, and the command's refusals.
 
-The end-to-end run (a tiny MLP calibration zoo and one reported zoo, every method) takes about ten
-seconds on two cores and is shared by the module. It never writes the package's own
-``calibration.json``: ``--calibration-out`` points into the test's folder.
+The end-to-end run (tiny MLP and CNN zoos, two seeds each, every pairwise method, the held-out
+fits and the universal detector) is shared by the module. It never writes the package's own
+``calibration.json`` or detector: ``--calibration-out`` and ``--detectors`` point into the
+test's folder.
 """
 
 from __future__ import annotations
@@ -20,24 +21,23 @@ from app.bench import scoring
 from app.bench.calibrate import (
     ALPHA_GRID,
     AUTO_POOL,
-    CALIBRATION_SEEDS,
     balanced_threshold,
     calibrate,
     logistic_threshold,
 )
 from app.bench.report import NOTES_MARKER
+from app.bench.run import FITS
 from app.bench.zoo import SPLITS
 from app.engine.architectures import open_model
 from app.engine.calibration import load_calibration
 from app.engine.decision import names_none, rank_candidates
-from app.engine.detector import load_checkpoint
-from app.engine.methods import AUTO, PAIRWISE_KINDS, MethodKind, method_names
+from app.engine.methods import AUTO, PAIRWISE_KINDS, method_names
 from app.engine.metrics import SIMILARITY_GRADIENTS
+from app.engine.universal_detector import CHECKPOINT_NAME, read_universal
 from tests.conftest import run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PAIRWISE = method_names(*PAIRWISE_KINDS)
-DETECTORS = method_names(MethodKind.TRAINED)
 
 
 def _one_error_line(result) -> str:
@@ -53,16 +53,19 @@ def _one_error_line(result) -> str:
 
 
 def tiny_bench(root: Path, *options: str):
-    """``lineage bench ROOT`` on one tiny MLP zoo (seed 0), quietly, with extra options."""
+    """``lineage bench ROOT`` on tiny MLP and CNN zoos (seeds 0 and 1), two at a time, quietly,
+    with extra options."""
     return run_cli(
         "bench",
         str(root),
         "--families",
-        "mlp",
+        "mlp,cnn",
         "--seeds",
-        "1",
+        "2",
         "--size",
         "tiny",
+        "--jobs",
+        "2",
         "--quiet",
         *options,
     )
@@ -70,7 +73,7 @@ def tiny_bench(root: Path, *options: str):
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory) -> dict[str, Path]:
-    """``lineage bench --calibrate`` on tiny MLP zoos, run once for the module."""
+    """``lineage bench --calibrate`` on tiny MLP and CNN zoos, run once for the module."""
     folder = tmp_path_factory.mktemp("bench")
     paths = {
         "root": folder / "root",
@@ -114,7 +117,7 @@ def test_bench_writes_report_plot_calibration_and_results(bench_run):
     table = _table_rows(report)
     for split in SPLITS:
         assert split in table["method"], f"no column for {split}"
-    for method in [AUTO, *DETECTORS, *PAIRWISE]:
+    for method in [AUTO, *PAIRWISE]:
         assert method in table, f"no row for {method}"
         assert len(table[method]) == len(table["method"]), method
     assert NOTES_MARKER in report
@@ -134,27 +137,31 @@ def test_bench_writes_report_plot_calibration_and_results(bench_run):
     assert set(calibration["taylor_alpha"]) >= {"l1", "l2", "l4", "lse"}
     assert isinstance(calibration["open_set"], dict) and calibration["open_set"]
     assert set(calibration["open_set"]) <= set(PAIRWISE)
+    assert calibration["auto"]["separation"]["scale"] > 0
 
-    for seed in (0, *CALIBRATION_SEEDS):
-        results = json.loads((bench_run["root"] / f"mlp-seed{seed}" / "results.json").read_text())
-        assert results["family"] == "mlp" and results["seed"] == seed
-        assert set(results["splits"]) == set(SPLITS)
-        assert set(PAIRWISE) <= set(results["methods"])
-    # The detectors are trained on the calibration zoos and scored on the reported one only.
-    reported = json.loads((bench_run["root"] / "mlp-seed0" / "results.json").read_text())
-    assert set(DETECTORS) <= set(reported["methods"])
-    query = reported["splits"]["standard"][0]
-    assert len(query["scores"]["detector"]) == len(query["candidates"])
-    assert math.isfinite(query["none_score"]["detector-paper"])
-    for variant in ("ours", "paper"):
-        _, record = load_checkpoint(bench_run["detectors"] / f"lineage-mlp-{variant}.safetensors")
-        assert record["variant"] == variant
-        assert [z["seed"] for z in record["trained_on"]] == list(CALIBRATION_SEEDS)
-        assert set(record["evaluation"]) == {
-            "child split (seen parents)",
-            "parent split (unseen parents)",
-        }
-    assert "## The trained Lineage Detector" in report
+    for family in ("mlp", "cnn"):
+        for seed in (0, 1):
+            zoo = bench_run["root"] / f"{family}-seed{seed}"
+            results = json.loads((zoo / "results.json").read_text())
+            assert results["family"] == family and results["seed"] == seed
+            assert set(results["splits"]) == set(SPLITS)
+            assert set(PAIRWISE) <= set(results["methods"])
+    # Held out: one fit without each seed, one without each family, and the shipped one.
+    fits = json.loads((bench_run["root"] / FITS).read_text())
+    assert fits["shipped"] == calibration
+    assert set(fits["by_seed"]) == {"0", "1"} and set(fits["by_family"]) == {"mlp", "cnn"}
+    assert fits["by_family"]["mlp"] != fits["by_family"]["cnn"]
+    # The universal detector: one checkpoint trained on both families, and one per held-out
+    # family evaluated on that family alone.
+    _, record = read_universal(bench_run["detectors"] / CHECKPOINT_NAME, "cpu")
+    assert record["families"] == ["cnn", "mlp"] and record["epochs"] == 2
+    held_out = fits["detector"]["leave_one_family_out"]
+    assert set(held_out) == {"mlp", "cnn"}
+    for family, result in held_out.items():
+        assert set(result["trained_on"]) == {"mlp", "cnn"} - {family}
+        assert 0.0 <= result["overall"]["accuracy"] <= 1.0
+    assert "## Decisions held out: a family never seen (leave one family out)" in report
+    assert "### The universal detector, leave one family out" in report
 
 
 def test_rerun_reuses_scores_and_keeps_the_hand_written_notes(bench_run):
@@ -180,11 +187,14 @@ def test_rerun_reuses_scores_and_keeps_the_hand_written_notes(bench_run):
 
 
 def _queries(results: dict) -> list[dict]:
-    """A few queries of different kinds: ordinary, permuted, distilled, none, kinship."""
+    """A few queries of different kinds: ordinary, permuted, distilled, none, kinship, and
+    four-candidate ones (hub, siblings) that the separation test decides."""
     return [results["splits"][split][0] for split in ("standard", "permuted", "distilled")] + [
         results["splits"]["orphans"][0],
         results["splits"]["kinship"][0],
         results["splits"]["generations"][-1],
+        results["splits"]["hub"][0],
+        results["splits"]["siblings"][0],
     ]
 
 
@@ -225,6 +235,9 @@ def test_bench_judges_auto_as_the_engine_does(bench_run, which):
         assert judged["top1"] == ranking.candidates[0].parent
         assert judged["margin"] == pytest.approx(ranking.decision.margin, rel=1e-5, abs=1e-4)
         assert judged["none"] == (ranking.decision.parent is None)
+        assert judged["named"] == ranking.decision.parent
+        # With four candidates or more the separation test decided, and says so.
+        assert (ranking.separation is not None) == (len(query["candidates"]) >= 4)
 
 
 # --- calibration on synthetic scores --------------------------------------------------------

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from app.bench.detector import train_on_zoos, zoo_examples
-from app.bench.zoo import CONFIGS, build_zoo, read_manifest
+from app.bench.zoo import CONFIGS, NONE_SPLITS, build_zoo, read_manifest
 from app.engine.architectures import open_model
 from app.engine.decision import rank_candidates
 from app.engine.detector import VARIANTS, DetectorError, load_checkpoint
 from app.engine.detector_inputs import CHECKPOINT_DIR, SCORE_METHODS, VARIANT_OF, load_detector
 from app.engine.methods import MethodKind, method_names
+from app.engine.universal_detector import CHECKPOINT_NAME, read_universal
 from tests.conftest import run_cli
 
 
@@ -44,7 +45,7 @@ def test_examples_cover_every_query_with_the_truth_or_none(zoos):
         assert example.weights.shape[:2] == (k, 2) and example.features.shape[:2] == (k, 2)
         assert example.scores.shape == (k, len(SCORE_METHODS))
         assert (example.target == k) == (item["truth"] is None)
-        assert (item["split"] == "orphans") == (item["truth"] is None)
+        assert (item["split"] in NONE_SPLITS) == (item["truth"] is None)
 
 
 def test_training_on_zoos_beats_chance_on_held_out_parents_and_records_it(trained, zoos):
@@ -62,32 +63,35 @@ def test_training_on_zoos_beats_chance_on_held_out_parents_and_records_it(traine
     assert model.config.n_scores == len(SCORE_METHODS)
 
 
-def test_method_detector_ranks_with_a_checkpoint_and_can_answer_none(trained, zoos):
-    out, _ = trained
+def test_method_detector_paper_ranks_with_a_checkpoint_and_can_answer_none(zoos, tmp_path):
+    out = tmp_path / "lineage-mlp-paper.safetensors"
+    train_on_zoos(zoos, out, variant="paper", epochs=2, evaluate=False)
     zoo = zoos[1]
     query = read_manifest(zoo)["splits"]["standard"][0]
     child = open_model(zoo / query["child"], query["child"])
     parents = [open_model(zoo / c, c) for c in query["candidates"]]
-    ranking = rank_candidates(child, parents, "detector", detector_dir=out.parent)
-    assert ranking.decision.method == "detector"
+    ranking = rank_candidates(child, parents, "detector-paper", detector_dir=out.parent)
+    assert ranking.decision.method == "detector-paper"
     assert {c.parent for c in ranking.candidates} == set(query["candidates"])
     probabilities = [c.score for c in ranking.candidates]
     assert probabilities == sorted(probabilities, reverse=True)
     assert 0 < sum(probabilities) <= 1 + 1e-6  # the rest is "no parent"
     assert 0 < ranking.decision.confidence <= 1
-    with pytest.raises(DetectorError, match="no trained paper detector"):
-        rank_candidates(child, parents, "detector-paper", detector_dir=out.parent)
+    # ``detector`` is the universal detector: this folder holds no checkpoint of it.
+    with pytest.raises(DetectorError, match="universal"):
+        rank_candidates(child, parents, "detector", detector_dir=out.parent)
 
 
-def test_every_trained_method_has_a_detector_variant():
-    assert sorted(VARIANT_OF) == sorted(method_names(MethodKind.TRAINED))
-    assert sorted(VARIANT_OF.values()) == sorted(VARIANTS)
+def test_every_per_family_method_has_a_detector_variant():
+    trained = method_names(MethodKind.TRAINED)
+    assert sorted(VARIANT_OF) == sorted(m for m in trained if m != "detector")
+    assert set(VARIANT_OF.values()) <= set(VARIANTS)
 
 
 def test_shipped_checkpoints_load_and_say_what_they_were_trained_on():
-    shipped = sorted(CHECKPOINT_DIR.glob("*.safetensors"))
+    shipped = sorted(CHECKPOINT_DIR.glob("*-paper.safetensors"))
     assert {p.stem for p in shipped} >= {
-        f"{CONFIGS[f]['model_type']}-{v}" for f in CONFIGS for v in ("ours", "paper")
+        f"{CONFIGS[f]['model_type']}-paper" for f in ("mlp", "cnn", "gpt2")
     }
     for path in shipped:
         assert path.stat().st_size < 1_000_000
@@ -95,6 +99,8 @@ def test_shipped_checkpoints_load_and_say_what_they_were_trained_on():
         model, record = load_detector(model_type, variant)
         assert record["variant"] == variant and model.config.variant == variant
         assert "parent split (unseen parents)" in record["evaluation"]
+    _, record = read_universal(CHECKPOINT_DIR / CHECKPOINT_NAME, "cpu")
+    assert set(record["families"]) == set(CONFIGS)
 
 
 def test_train_detector_cli_writes_a_checkpoint_and_reports_both_splits(zoos, tmp_path):
@@ -129,12 +135,16 @@ def test_train_detector_cli_refuses_bad_input_with_one_line(zoos, tmp_path, args
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_a_corrupt_checkpoint_is_a_clear_error_for_detect(zoos, tmp_path):
-    broken = tmp_path / "lineage-mlp-ours.safetensors"
+@pytest.mark.parametrize(
+    ("method", "file"),
+    [("detector-paper", "lineage-mlp-paper.safetensors"), ("detector", CHECKPOINT_NAME)],
+)
+def test_a_corrupt_checkpoint_is_a_clear_error_for_detect(zoos, tmp_path, method, file):
+    broken = tmp_path / file
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")
     zoo = zoos[0]
     query = read_manifest(zoo)["splits"]["standard"][0]
     child = open_model(zoo / query["child"], query["child"])
     parents = [open_model(zoo / c, c) for c in query["candidates"]]
     with pytest.raises(DetectorError, match=str(broken.name)):
-        rank_candidates(child, parents, "detector", detector_dir=tmp_path)
+        rank_candidates(child, parents, method, detector_dir=tmp_path)

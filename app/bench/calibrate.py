@@ -23,17 +23,20 @@ From their raw scores this module sets, in ``app/engine/calibration.json``:
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import statistics
+from collections import defaultdict
 from datetime import date
 
 import numpy as np
 
-from app.bench.scoring import decision_right, judged, scores
+from app.bench.scoring import decision_right, judged, query_separations, scores
 from app.engine.calibration import REFERENCE_TAYLOR_ALPHA
-from app.engine.decision import DIRECTION, evidence_margin, log_distances
+from app.engine.decision import DIRECTION, auto_verdict, evidence_margin, log_distances
 from app.engine.methods import AUTO, PAIRWISE_KINDS, as_distance, method_names
 from app.engine.metrics import SIMILARITY_GRADIENTS
+from app.engine.separation import WEIGHTS
 
 CALIBRATION_SEEDS = (100, 101)
 ALPHA_GRID = (0.001, 0.01, 0.1, 1.0)
@@ -88,7 +91,8 @@ def decision_accuracy(results: list[dict], calibration: dict) -> float:
             for query in queries:
                 answer = judged(query, AUTO, calibration)
                 none = answer["margin"] < threshold
-                hits.append(decision_right(query["truth"], none, answer["correct"]))
+                named = None if none else answer["top1"]
+                hits.append(decision_right(query["truth"], {"none": none, "named": named}))
             cells.append(statistics.fmean(hits))
     return statistics.fmean(cells)
 
@@ -156,9 +160,134 @@ def logistic_threshold(margins: np.ndarray, labels: np.ndarray) -> tuple[float, 
     return -b / w, 1.0 / w
 
 
+# The grid of ``separation.judge``'s dimensionless constants (see its docstring).
+SEPARATION_GRID = {
+    "weights_floor": (0.1, 0.15, 0.2, 0.25, 0.3),
+    "spectra_floor": (0.1, 0.2, 0.3),
+    "weights_far": (2.0, 3.0, 4.0, 6.0),
+    "spectra_near": (2.0, 3.0, 4.0, 6.0),
+    "hub_max": (None, 0.1, 0.2, 0.3, 0.4, 0.5),
+    "weights_margin": (0.0, 0.05, 0.1),
+    "spectra_margin": (0.0, 0.05, 0.1),
+}
+
+
+def _judge_all(evidence: dict, constants: dict) -> np.ndarray:
+    """``separation.judge``'s named candidate for every query at once (−1: "none"), from
+    ``_verdict_inputs``: the same rule, vectorised for the grid search (a test holds the two
+    equal). Candidate columns are padded with −inf relatedness, +inf hub ratio and rank."""
+
+    def bar(view: str, floor: float) -> np.ndarray:
+        margin = constants[f"{view}_margin"]
+        if margin is None:
+            return np.full(len(evidence["rank"]), floor)
+        return np.maximum(floor, evidence[f"{view}_null"] + margin)
+
+    rank = evidence["rank"]
+    rows = np.arange(len(rank))
+
+    def first_passing(passing: np.ndarray) -> np.ndarray:
+        ranked = np.where(passing, rank, np.inf)
+        return np.where(passing.any(1), ranked.argmin(1), -1)
+
+    weights_bar = bar("weights", constants["weights_floor"])[:, None]
+    named = first_passing(evidence["weights_rho"] >= weights_bar)
+    inside = evidence["weights_far"] < constants["weights_far"]
+    if constants["hub_max"] is not None:
+        hub = first_passing(inside[:, None] & (evidence["hubs"] <= constants["hub_max"]))
+        named = np.where(named >= 0, named, hub)
+    spectral = ~inside & (evidence["spectra_far"] <= constants["spectra_near"])
+    top = evidence["spectra_rho"].argmax(1)
+    clears = evidence["spectra_rho"][rows, top] >= bar("spectra", constants["spectra_floor"])
+    return np.where(named >= 0, named, np.where(spectral & clears, top, -1))
+
+
+def _verdict_inputs(queries: list[tuple[dict, list[float]]]) -> dict:
+    """Per query (with auto's scores): each candidate's relatedness in both views, hub ratio
+    and rank in auto's order, padded to the largest candidate set; each view's largest null
+    value and how far outside the family the child lies."""
+    width = max(len(values) for _, values in queries)
+    count = len(queries)
+    out = {
+        "weights_rho": np.full((count, width), -np.inf),
+        "spectra_rho": np.full((count, width), -np.inf),
+        "hubs": np.full((count, width), np.inf),
+        "rank": np.full((count, width), np.inf),
+    }
+    columns: dict[str, list] = defaultdict(list)
+    for row, (query, values) in enumerate(queries):
+        k = len(values)
+        order = sorted(range(k), key=lambda i: -values[i])
+        out["rank"][row, order] = np.arange(k)
+        views = query_separations(query)
+        out["hubs"][row, :k] = views[WEIGHTS].hubs
+        for view, sep in views.items():
+            out[f"{view}_rho"][row, :k] = sep.relatedness
+            columns[f"{view}_null"].append(max(sep.null))
+            columns[f"{view}_far"].append(sep.unrelated)
+    return out | {k: np.array(v) for k, v in columns.items()}
+
+
+def fit_separation(results: list[dict], calibration: dict) -> dict | None:
+    """``auto``'s separation constants: the point of ``SEPARATION_GRID`` with the best mean
+    decision accuracy over (family, split) cells (queries of four candidates or more; ties to
+    the earlier point), and the scale of its confidence (a logistic fit of "the named candidate
+    is the parent", or for "none" "no candidate is", on the verdict's strength, through 1/2 at
+    its bar). None when no query has four candidates."""
+    from sklearn.linear_model import LogisticRegression
+
+    queries, truth, cell_of = [], [], []
+    cells = 0
+    for result in results:
+        for split_queries in result["splits"].values():
+            kept = 0
+            for query in split_queries:
+                if query_separations(query) is None:
+                    continue
+                queries.append((query, scores(query, AUTO, calibration)))
+                truth.append(
+                    -1 if query["truth"] is None else query["candidates"].index(query["truth"])
+                )
+                cell_of.append(cells)
+                kept += 1
+            cells += kept > 0
+    if not queries:
+        return None
+    evidence = _verdict_inputs(queries)
+    truth, cell_of = np.array(truth), np.array(cell_of)
+    sizes = np.bincount(cell_of)
+    keys = list(SEPARATION_GRID)
+    best_point, best_score = None, -1.0
+    for values in itertools.product(*SEPARATION_GRID.values()):
+        constants = dict(zip(keys, values, strict=True))
+        right = _judge_all(evidence, constants) == truth
+        score = float((np.bincount(cell_of, weights=right) / sizes).mean())
+        if score > best_score + 1e-12:
+            best_point, best_score = constants, score
+    strength, named_right = [], []
+    for (query, values), answer in zip(queries, truth, strict=True):
+        verdict = auto_verdict(
+            values, query_separations(query), {"auto": {"separation": best_point}}
+        )
+        strength.append(verdict.strength)
+        named_right.append(int(verdict.named and verdict.index == answer))
+    scale = 0.05
+    if 0 < sum(named_right) < len(named_right):
+        fit = LogisticRegression(C=100.0, fit_intercept=False).fit(
+            np.array(strength)[:, None], named_right
+        )
+        if fit.coef_[0, 0] > 1e-9:
+            scale = 1.0 / float(fit.coef_[0, 0])
+    return {**best_point, "scale": round(scale, 4), "fitted_accuracy": round(best_score, 4)}
+
+
 def calibrate(results: list[dict], base: dict, log=lambda _: None) -> dict:
     """New calibration constants (a copy of ``base`` with the fitted values)."""
     calibration = copy.deepcopy(base)
+    calibration["auto"].pop("separation", None)  # fitted anew below, after the components
+    # The per-architecture deferral to a detector predates the universal detector (``detector``
+    # now runs on every architecture); the benchmark does not fit it.
+    calibration["auto"].pop("defer_to_detector", None)
     alphas = {}
     for similarity in SIMILARITY_GRADIENTS:
         method = f"taylor-{similarity}"
@@ -216,6 +345,11 @@ def calibrate(results: list[dict], base: dict, log=lambda _: None) -> dict:
     threshold, scale = logistic_threshold(*_labelled_margins(results, AUTO, calibration))
     calibration["auto"]["threshold"] = round(threshold, 4)
     calibration["auto"]["scale"] = round(scale, 4)
+    calibration["auto"].pop("separation", None)
+    separation_constants = fit_separation(results, calibration)
+    if separation_constants is not None:
+        calibration["auto"]["separation"] = separation_constants
+        log(f"auto separation: {separation_constants}")
     calibration["open_set"] = {}
     for method in method_names(*PAIRWISE_KINDS):
         if all(method in r["methods"] for r in results):

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from app.bench.zoo import read_manifest
-from app.engine import weightspace
+from app.engine import universal_detector, weightspace
 from app.engine.architectures import open_model
 from app.engine.decision import Progress, rank_candidates
 from app.engine.detector_inputs import VARIANT_OF, detector_logits, load_detector
@@ -33,6 +33,7 @@ from app.engine.methods import AUTO, METHODS, MethodKind, PairContext, network_f
 from app.engine.metrics import SIMILARITY_GRADIENTS
 from app.engine.model_files import LoadedModel
 from app.engine.probes import DEFAULT_NUM_PROBES
+from app.engine.separation import MIN_CANDIDATES, SPECTRA, WEIGHTS
 
 TIMING_PAIRS = 4
 
@@ -124,7 +125,16 @@ def _score_query(
         relative.append(weightspace.relative_l2_distance(ctx.parent, child))
     none_score = {}
     for method in methods:
-        if METHODS[method].kind is MethodKind.TRAINED:
+        if method == universal_detector.METHOD:  # one checkpoint for every architecture
+            path = (
+                None if detector_dir is None else detector_dir / universal_detector.CHECKPOINT_NAME
+            )
+            detector, _ = universal_detector.load_universal(path, device)
+            features = [universal_detector.pair_features(ctx) for ctx in contexts]
+            logits = universal_detector.universal_logits(detector, features, device)
+            probs = torch.softmax(logits.double(), 0).tolist()
+            scores[method], none_score[method] = probs[:-1], probs[-1]
+        elif METHODS[method].kind is MethodKind.TRAINED:
             model_type = contexts[0].network.config.get("model_type")
             detector, _ = load_detector(model_type, VARIANT_OF[method], device, detector_dir)
             probs = torch.softmax(detector_logits(detector, contexts, device), 0).tolist()
@@ -133,6 +143,13 @@ def _score_query(
     candidates = [model(name) for name in query["candidates"]]
     outward = weightspace.outward_log_ratios(candidates, child) if len(candidates) > 2 else None
     record.update(scores=scores, relative_l2=relative, outward=outward, none_score=none_score)
+    # The squared distances among [child, candidates...] that auto's separation test reads.
+    record["squared"] = None
+    if len(candidates) >= MIN_CANDIDATES:
+        record["squared"] = {
+            WEIGHTS: weightspace.shared_squared(candidates, child).tolist(),
+            SPECTRA: weightspace.spectrum_squared(candidates, child).tolist(),
+        }
     record["model_type"] = (child.config or {}).get("model_type")
     if wants_taylor:
         record["taylor"] = taylor

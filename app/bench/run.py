@@ -16,20 +16,19 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from app.bench.calibrate import AUTO_POOL, CALIBRATION_SEEDS, calibrate
-from app.bench.detector import train_on_zoos
+from app.bench.calibrate import AUTO_POOL
 from app.bench.evaluate import evaluate_zoo, time_at_scale
+from app.bench.protocol import calibration_for, decision_summary, fit_held_out
 from app.bench.report import NOTES_MARKER, plot, render, summarize
-from app.bench.scoring import decision_right, judged
 from app.bench.zoo import CONFIGS, MANIFEST, build_zoo, read_manifest, zoo_counts
 from app.engine.calibration import load_calibration
 from app.engine.decision import DIRECTION, Progress
-from app.engine.detector import VARIANTS
-from app.engine.detector_inputs import CHECKPOINT_DIR, load_detector
+from app.engine.detector_inputs import CHECKPOINT_DIR
 from app.engine.errors import InvalidArgument
 from app.engine.methods import AUTO, METHODS, PAIRWISE_KINDS, MethodKind, method_names
 
 RESULTS = "results.json"
+FITS = "fits.json"  # the held-out protocols' constants (``protocol.fit_held_out``)
 # What a zoo is scored with: the trained detectors and every pairwise method. ``auto`` is
 # recombined from their stored scores; ``adapter-alignment`` needs LoRA adapter children, which
 # the zoos do not hold (scripts/adapter_bench.py measures it).
@@ -42,11 +41,13 @@ def default_calibration_path() -> Path:
 
 
 def resolve_methods(requested: list[str] | None, calibration: dict, calibrating: bool) -> list[str]:
-    """The methods to score: those asked for (default every method of ``BENCH_KINDS``, the
-    detectors included), plus what ``auto`` needs; detectors last."""
+    """The methods to score: those asked for (default every pairwise method; a trained one only
+    when asked for, since the universal detector is evaluated by its own protocol), plus what
+    ``auto`` needs; detectors last."""
     benchmarked = method_names(*BENCH_KINDS)
     combined = method_names(MethodKind.COMBINED)
-    names = [m for m in (requested or benchmarked) if m not in combined]
+    default = method_names(*PAIRWISE_KINDS)
+    names = [m for m in (requested or default) if m not in combined]
     for name in names:
         if name not in benchmarked:
             why = f"unknown method {name!r}"
@@ -58,73 +59,6 @@ def resolve_methods(requested: list[str] | None, calibration: dict, calibrating:
     wanted = set(names) | set(needed)
     pairwise = [m for m in method_names(*PAIRWISE_KINDS) if m in wanted]
     return pairwise + [m for m in method_names(MethodKind.TRAINED) if m in wanted]
-
-
-def shipped_records(families: list[str], directory: Path | None) -> list[dict]:
-    """The training records of the checkpoints of ``families`` (shipped, or ``directory``'s)."""
-    records = []
-    for family in families:
-        for variant in VARIANTS:
-            _, record = load_detector(CONFIGS[family]["model_type"], variant, "cpu", directory)
-            records.append(record)
-    return records
-
-
-def detector_deferrals(cal_results: list[dict], records: list[dict], calibration: dict) -> dict:
-    """Architectures where ``auto`` should answer with the detector: those whose ``ours``
-    detector, trained on the first calibration zoo, answers the held-out last one (unseen
-    parents; "none" for orphans) more often right than ``auto`` does on that zoo. ``auto``'s
-    constants were fitted on that zoo too, so the comparison leans towards ``auto``."""
-    held_out = CALIBRATION_SEEDS[-1]
-    deferrals = {}
-    for record in records:
-        unseen = record["evaluation"].get("parent split (unseen parents)")
-        if record["variant"] != "ours" or unseen is None:
-            continue
-        result = next(
-            r for r in cal_results if r["family"] == record["family"] and r["seed"] == held_out
-        )
-        hits = []
-        for queries in result["splits"].values():
-            for query in queries:
-                answer = judged(query, AUTO, calibration)
-                hits.append(decision_right(query["truth"], answer["none"], answer["correct"]))
-        auto_exact = sum(hits) / len(hits)
-        if unseen["accuracy"] > auto_exact:
-            deferrals[record["model_type"]] = {
-                "detector_exact": round(unseen["accuracy"], 4),
-                "auto_exact": round(auto_exact, 4),
-            }
-    return deferrals
-
-
-def train_detectors(
-    root: Path, families: list[str], size: str, into: Path, options: dict, log, epochs=None
-) -> list[dict]:
-    """Train both detector variants per family on the calibration zoos (never reported), the
-    last one held out for the unseen-parent check, and write them to ``into``."""
-    records = []
-    for family in families:
-        zoos = [zoo_path(root, family, seed) for seed in CALIBRATION_SEEDS]
-        for zoo, seed in zip(zoos, CALIBRATION_SEEDS, strict=True):
-            if not (zoo / MANIFEST).is_file():
-                build_zoo(family, zoo, seed, size, log)
-        for variant in VARIANTS:
-            model_type = CONFIGS[family]["model_type"]
-            out = into / f"{model_type}-{variant}.safetensors"
-            log(f"training the {variant} detector of {family} into {out}")
-            records.append(
-                train_on_zoos(
-                    zoos,
-                    out,
-                    variant=variant,
-                    device=options["device"],
-                    num_probes=options["probes"],
-                    epochs=epochs,
-                    log=log,
-                )
-            )
-    return records
 
 
 def zoo_path(root: Path, family: str, seed: int) -> Path:
@@ -208,6 +142,34 @@ def _zoo_results(
     return result
 
 
+def _zoo_in_worker(args: tuple) -> tuple[Path, int]:
+    """One zoo built (when missing) and scored in a worker process of one thread; the result
+    is left in its ``results.json`` (the parent reads it back). Returns (zoo, units done)."""
+    import torch
+
+    torch.set_num_threads(1)
+    zoo, family, seed, size, methods, calibration, options, reuse = args
+    units = _Units(10**12, None)
+    _zoo_results(zoo, family, seed, size, methods, calibration, options, reuse, print, units)
+    return zoo, units.done
+
+
+def _zoos_in_parallel(plan, size, methods, calibration, options, reuse, jobs, log, units):
+    """Build and score the zoos of ``plan`` in ``jobs`` processes of one thread each (tiny
+    models use two cores better as two processes than as two threads of one); results in plan
+    order."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    args = [(z, f, s, size, methods, calibration, options, reuse) for z, f, s in plan]
+    with ProcessPoolExecutor(jobs) as pool:
+        futures = [pool.submit(_zoo_in_worker, a) for a in args]
+        for future in as_completed(futures):
+            zoo, done = future.result()
+            log(f"{zoo.name}: built and scored")
+            units.reach(units.done + done)
+    return [json.loads((zoo / RESULTS).read_text()) for zoo, _, _ in plan]
+
+
 def run_bench(
     root: Path,
     *,
@@ -223,6 +185,7 @@ def run_bench(
     probes: int = 64,
     reuse: bool = False,
     scale_timing: bool = False,
+    jobs: int = 1,
     command: str = "lineage bench",
     log: Callable[[str], None] = lambda _: None,
     progress: Progress | None = None,
@@ -230,11 +193,16 @@ def run_bench(
     """Run the benchmark under ``root`` and return (report markdown, calibration used).
 
     ``root`` holding a ``manifest.json`` is one zoo, benchmarked alone; otherwise zoos for
-    ``families`` × seeds 0..seeds−1 are built there when missing. With ``calibrate_into``,
-    calibration zoos are built and scored too and the fitted constants written there first.
+    ``families`` × seeds 0..seeds−1 are built there when missing. With ``calibrate_into``, the
+    constants are fitted from the zoos' scores under the held-out protocols of
+    ``app.bench.protocol`` (``FITS`` in ``root``), the shipped ones (fitted on every zoo) written
+    there, and the universal detector trained into ``detectors_into`` (with its leave-one-family-
+    out evaluation); without, the fits of an earlier ``--calibrate`` run in ``root`` are reused
+    when present. Every reported figure is judged with constants fitted without its zoo: its
+    seed (in-family) or its family (leave one family out).
     ``progress(done, total)``, when given, counts the models trained for missing zoos and the
-    queries scored, calibration zoos' included: first with 0, last with ``total`` once every
-    zoo is scored (fitting the calibration and training detectors advance nothing).
+    queries scored: first with 0, last with ``total`` once every zoo is scored. ``jobs`` > 1
+    builds and scores that many zoos at once, each in a process of its own.
     """
     started = time.perf_counter()
     unknown = [f for f in families if f not in CONFIGS]
@@ -244,7 +212,6 @@ def run_bench(
         raise InvalidArgument("--seeds must be at least 1")
     calibration = load_calibration()
     scored = resolve_methods(methods, calibration, calibrate_into is not None)
-    trains = any(METHODS[m].kind is MethodKind.TRAINED for m in scored)
     options = {"device": device, "probes": probes, "detector_dir": detectors_into}
     if (root / MANIFEST).is_file():
         manifest = read_manifest(root)
@@ -254,53 +221,52 @@ def run_bench(
             raise InvalidArgument("--calibrate needs a benchmark folder, not a single zoo")
     else:
         plan = [(zoo_path(root, f, s), f, s) for f in families for s in range(seeds)]
-    pairwise = [m for m in scored if METHODS[m].pairwise]
-    cal_plan = []
-    if calibrate_into is not None:
-        cal_plan = [(zoo_path(root, f, s), f, s) for f in families for s in CALIBRATION_SEEDS]
     building: set[Path] = set()
-    units = _Units(
-        sum(_zoo_units(zoo, f, size, building) for zoo, f, _ in cal_plan + plan), progress
-    )
-    detector_records = []
-    if calibrate_into is not None:
-        cal_results = [
-            _zoo_results(zoo, f, s, size, pairwise, None, options, reuse, log, units)
-            for zoo, f, s in cal_plan
+    units = _Units(sum(_zoo_units(zoo, f, size, building) for zoo, f, _ in plan), progress)
+    if jobs > 1 and len(plan) > 1:
+        results = _zoos_in_parallel(
+            plan, size, scored, calibration, options, reuse, jobs, log, units
+        )
+    else:
+        results = [
+            _zoo_results(zoo, f, s, size, scored, calibration, options, reuse, log, units)
+            for zoo, f, s in plan
         ]
-        calibration = calibrate(cal_results, calibration, log)
-        calibration["auto"].pop("defer_to_detector", None)  # decided anew below, if trained
+    units.reach(units.total)
+    fits_path = root / FITS if root.is_dir() and not (root / MANIFEST).is_file() else None
+    fits = None
+    detector_report = None
+    if calibrate_into is not None:
+        fits = fit_held_out(results, calibration, log)
+        calibration = fits["shipped"]
         calibrate_into.write_text(json.dumps(calibration, indent=2) + "\n")
         log(f"calibration written to {calibrate_into}")
-        if detectors_into is not None and trains:
-            detector_records = train_detectors(
-                root, families, size, detectors_into, options, log, detector_epochs
+        if detectors_into is not None:
+            detector_report = train_universal_detector(
+                [zoo for zoo, _, _ in plan], detectors_into, options, detector_epochs, log
             )
-            calibration["auto"]["defer_to_detector"] = detector_deferrals(
-                cal_results, detector_records, calibration
-            )
-            calibrate_into.write_text(json.dumps(calibration, indent=2) + "\n")
-            log(f"auto defers to the detector for: {calibration['auto']['defer_to_detector']}")
-    results = [
-        _zoo_results(zoo, f, s, size, scored, calibration, options, reuse, log, units)
-        for zoo, f, s in plan
-    ]
-    units.reach(units.total)
+            fits["detector"] = detector_report
+        fits_path.write_text(json.dumps(fits, indent=2) + "\n")
+    elif fits_path is not None and fits_path.is_file():
+        fits = json.loads(fits_path.read_text())
+        detector_report = fits.get("detector")
     scale = None
+    scale_path = root / "scale-timing.json"
     if scale_timing:
         log("timing the methods on a MiniLM-sized pair")
         folder = root / "scale-pair"
         scale = time_at_scale(folder, scored, calibration, device, probes)
-        (root / "scale-timing.json").write_text(json.dumps(scale, indent=2) + "\n")
+        scale_path.write_text(json.dumps(scale, indent=2) + "\n")
+    elif reuse and scale_path.is_file():  # an earlier run's timing, kept with its scores
+        scale = json.loads(scale_path.read_text())
     notes = ""
     plot_name = "benchmarks.png"
     if out is not None:
         if out.is_file() and NOTES_MARKER in out.read_text():
             notes = out.read_text().split(NOTES_MARKER, 1)[1]
         plot_name = out.with_suffix(".png").name
-    if not detector_records and trains:
-        detector_records = shipped_records(families, detectors_into)
-    summary = summarize(results, calibration)
+    summary = summarize(results, calibration_for(fits, calibration))
+    decisions = decision_summary(results, fits, calibration)
     report = render(
         summary,
         results,
@@ -310,10 +276,34 @@ def run_bench(
         wall_seconds=time.perf_counter() - started,
         notes=notes,
         scale=scale,
-        detector_records=detector_records,
+        decisions=decisions,
+        fits=fits,
+        detector_report=detector_report,
     )
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         plot(summary, out.with_suffix(".png"))
         out.write_text(report)
     return report, calibration
+
+
+def train_universal_detector(
+    zoos: list[Path], into: Path, options: dict, epochs: int | None, log
+) -> dict:
+    """Train the one detector of every architecture on all ``zoos`` into ``into`` (shipped),
+    and evaluate it leave one family out: per family, a detector trained on the other families'
+    zoos only, judged on that family's zoos. Returns the evaluation and the training record."""
+    from app.bench.universal_detector import leave_one_family_out, train_universal
+    from app.engine.universal_detector import CHECKPOINT_NAME
+
+    by_family: dict[str, list[Path]] = {}
+    for zoo in zoos:
+        by_family.setdefault(read_manifest(zoo)["family"], []).append(zoo)
+    kwargs = {} if epochs is None else {"epochs": epochs}
+    log("training the universal detector on every family (shipped checkpoint)")
+    record = train_universal(zoos, into / CHECKPOINT_NAME, log=log, **kwargs)
+    evaluation = {}
+    if len(by_family) > 1:
+        log("evaluating the universal detector leave one family out")
+        evaluation = leave_one_family_out(by_family, by_family, log=log, **kwargs)
+    return {"record": record, "leave_one_family_out": evaluation}

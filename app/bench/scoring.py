@@ -11,8 +11,15 @@ Taylor scores are rebuilt from their stored terms for any α.
 from __future__ import annotations
 
 from app.engine.calibration import taylor_alpha
-from app.engine.decision import combine_auto, evidence_margin, names_none, no_parent_wins
+from app.engine.decision import (
+    auto_verdict,
+    combine_auto,
+    evidence_margin,
+    names_none,
+)
+from app.engine.detector import no_parent_wins
 from app.engine.methods import MethodKind, get_method
+from app.engine.separation import separations
 
 
 def scores(query: dict, method: str, calibration: dict, alpha: float | None = None) -> list[float]:
@@ -45,8 +52,10 @@ def deferred(query: dict, calibration: dict) -> bool:
 
 
 def judged(query: dict, method: str, calibration: dict, alpha: float | None = None) -> dict:
-    """The method's answer to a query: top-1 (argmax, the paper's metric), margin, and whether
-    the top-1 is right (for a query whose answer is "none", it never is)."""
+    """The method's answer to a query: top-1 (argmax, the paper's metric), margin, whether the
+    top-1 is right (for a query whose answer is "none", it never is), whether it answers
+    "none", and the candidate it names (``auto``'s separation test may name another than its
+    top-1; None for "none")."""
     values = scores(query, method, calibration, alpha)
     best, margin = evidence_margin(method, values)
     top1 = query["candidates"][best]
@@ -55,12 +64,43 @@ def judged(query: dict, method: str, calibration: dict, alpha: float | None = No
         # The detector's own no-parent token answers "none".
         detector = method if kind is MethodKind.TRAINED else "detector"
         none = no_parent_wins(values[best], query["none_score"][detector])
+    elif kind is MethodKind.COMBINED and (verdict := query_verdict(query, values, calibration)):
+        # The separation test names its own candidate (ties broken by auto's ranking).
+        none = not verdict.named
+        named = None if none else query["candidates"][verdict.index]
+        return {
+            "top1": top1,
+            "margin": margin,
+            "correct": top1 == query["truth"],
+            "none": none,
+            "named": named,
+        }
     else:
         none = names_none(method, margin, calibration)
-    return {"top1": top1, "margin": margin, "correct": top1 == query["truth"], "none": none}
+    return {
+        "top1": top1,
+        "margin": margin,
+        "correct": top1 == query["truth"],
+        "none": none,
+        "named": None if none else top1,
+    }
 
 
-def decision_right(truth: str | None, none: bool, correct: bool) -> bool:
-    """Whether an answer is the right decision: "none" where the query has no parent among its
-    candidates, else the true parent named."""
-    return none if truth is None else not none and correct
+def query_separations(query: dict) -> dict | None:
+    """The views' separations of a stored query (computed once and kept on the query: every
+    calibration trial reads them again)."""
+    if "_separations" not in query:
+        query["_separations"] = separations(query.get("squared"))
+    return query["_separations"]
+
+
+def query_verdict(query: dict, values: list[float], calibration: dict):
+    """``auto``'s separation verdict on a stored query from its ``values`` (auto's scores), as
+    the engine's ``auto_verdict`` gives it (None where the margin decides)."""
+    return auto_verdict(values, query_separations(query), calibration)
+
+
+def decision_right(truth: str | None, answer: dict) -> bool:
+    """Whether an answer (``judged``'s) is the right decision: "none" where the query has no
+    parent among its candidates, else the true parent named."""
+    return answer["none"] if truth is None else answer["named"] == truth

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import torch
 
-from app.engine import adapters, weightspace
+from app.engine import adapters, separation, universal_detector, weightspace
 from app.engine.calibration import load_calibration
-from app.engine.detector import DetectorError
+from app.engine.detector import DetectorError, detector_ranking
 from app.engine.detector_inputs import VARIANT_OF, detector_logits, load_detector, pair_inputs
 from app.engine.errors import IncompatibleModels, InvalidArgument, InvalidConfig, ShapeMismatch
 from app.engine.methods import (
@@ -161,10 +161,18 @@ def names_none(method: str, margin: float, calibration: dict) -> bool:
     return threshold is not None and margin < threshold
 
 
-def no_parent_wins(best: float, no_parent: float) -> bool:
-    """A trained detector answers "no parent" when its no-parent token is more probable than
-    its best candidate."""
-    return no_parent > best
+def auto_verdict(
+    scores: list[float], views: dict[str, separation.Separation] | None, calibration: dict
+) -> separation.Verdict | None:
+    """``auto``'s verdict from the candidate set's own null (``separation.judge``, ties broken
+    by ``auto``'s ``scores``), or None where it does not apply: fewer than
+    ``separation.MIN_CANDIDATES`` candidates, or a calibration without separation constants
+    (then the calibrated margin decides)."""
+    constants = calibration["auto"].get("separation")
+    if views is None or not constants:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    return separation.judge(order, views, constants)
 
 
 def decide(
@@ -173,8 +181,14 @@ def decide(
     method: str,
     calibration: dict,
     single_candidate_relative: float | None = None,
+    views: dict[str, separation.Separation] | None = None,
 ) -> Decision:
-    """Best candidate, margin, calibrated confidence, or no parent (see module docstring)."""
+    """Best candidate, margin, calibrated confidence, or no parent (see module docstring).
+
+    ``auto`` with ``views`` (four candidates or more) decides by ``auto_verdict``: which
+    candidate, if any, is separated from its siblings, judged against the candidate set's own
+    null (it names that candidate, which may not be ``auto``'s best); its confidence is then
+    sigmoid(strength / scale), the scale fitted on the calibration zoos."""
     if get_method(method).kind is not MethodKind.COMBINED:
         # A single method always names its best candidate; its confidence is the softmax share of
         # the best after standardising scores across candidates: informative, not calibrated.
@@ -188,6 +202,14 @@ def decide(
         return Decision(names[best], share, method, names[best], margin, False)
     auto = calibration["auto"]
     best, margin = evidence_margin(method, scores)
+    verdict = auto_verdict(scores, views, calibration)
+    if verdict is not None:
+        scale = max(auto["separation"].get("scale", 0.05), 1e-6)
+        p_parent = _sigmoid(verdict.strength / scale)
+        if verdict.named:
+            parent = names[verdict.index]
+            return Decision(parent, p_parent, method, names[best], margin, True)
+        return Decision(None, 1.0 - p_parent, method, names[best], margin, True)
     if len(scores) > 1:
         threshold, scale = none_threshold(method, calibration), auto["scale"]
         named = not names_none(method, margin, calibration)
@@ -255,7 +277,23 @@ def rank_candidates(
         # The benchmark found the trained detector the better evidence for this architecture
         # (``lineage bench --calibrate``); without a usable checkpoint auto answers as usual.
         detector = "detector"
-    if detector is not None:
+    if detector == universal_detector.METHOD:
+        try:
+            return universal_detector.rank_universal(
+                child,
+                parents,
+                device=device,
+                num_probes=num_probes,
+                probe_seed=probe_seed,
+                path=None
+                if detector_dir is None
+                else detector_dir / universal_detector.CHECKPOINT_NAME,
+                progress=progress,
+            )
+        except (DetectorError, IncompatibleModels):
+            if not combined:
+                raise
+    elif detector is not None:
         try:
             return rank_with_detector(
                 child,
@@ -289,9 +327,12 @@ def rank_candidates(
     streams = combined or any(get_method(m).streams_weights for m in components)
     if batched and streams and comparable:
         # One pass over the child's tensors against every candidate's (see weight_evidence).
+        # auto's separation test reads the same pass's pairwise distances (four candidates on)
+        pairwise = combined and len(comparable) >= separation.MIN_CANDIDATES
         outward = weightspace.cache_weight_evidence(
-            comparable, child, device, outward=wants_outward
+            comparable, child, device, outward=wants_outward or pairwise
         )
+        outward = outward if wants_outward else None
     subnetwork = None  # the sub-network function-space components ran on, if not the whole
     contexts = [
         PairContext(parent, child, device, num_probes, probe_seed, taylor_alpha=taylor_alpha)
@@ -330,7 +371,10 @@ def rank_candidates(
     else:
         combined = [s[components[0]] for _, s in kept]
     names = [p.name for p, _ in kept]
-    decision = decide(names, combined, method, calibration, relative)
+    views = None
+    if get_method(method).kind is MethodKind.COMBINED and len(kept) >= separation.MIN_CANDIDATES:
+        views = separation.candidate_separations([p for p, _ in kept], child, device)
+    decision = decide(names, combined, method, calibration, relative, views)
     candidates = [
         CandidateScore(p.name, score, scores)
         for (p, scores), score in sorted(zip(kept, combined, strict=True), key=lambda t: -t[1])
@@ -341,7 +385,34 @@ def rank_candidates(
         if outward is not None
         else None
     )
-    return Ranking(child.name, decision, candidates, skipped, used, direction)
+    evidence = None
+    if views is not None:
+        evidence = separation_json(names, views, auto_verdict(combined, views, calibration))
+    return Ranking(child.name, decision, candidates, skipped, used, direction, evidence)
+
+
+def separation_json(
+    names: list[str],
+    views: dict[str, separation.Separation],
+    verdict: separation.Verdict | None,
+) -> dict:
+    """The ``separation`` field of a result: which evidence decided and why, and each view's
+    relatedness per candidate, its null (the held-out candidates' best relatedness) and how far
+    outside the family the child lies."""
+    out = {
+        "basis": verdict.basis if verdict else separation.MARGIN,
+        "explanation": (verdict.explanation if verdict else separation.EXPLANATIONS["margin"]),
+        "value": round(verdict.value, 4) if verdict else None,
+        "threshold": round(verdict.threshold, 4) if verdict else None,
+        "views": {},
+    }
+    for view, sep in views.items():
+        out["views"][view] = {
+            "relatedness": {n: round(v, 4) for n, v in zip(names, sep.relatedness, strict=True)},
+            "null": [round(v, 4) for v in sep.null],
+            "unrelated": round(sep.unrelated, 3),
+        }
+    return out
 
 
 def rank_with_detector(
@@ -376,21 +447,8 @@ def rank_with_detector(
     model_type = kept[0].network.config.get("model_type")
     model, _ = load_detector(model_type, VARIANT_OF[method], device, directory)
     logits = detector_logits(model, kept, device)
-    probs = torch.softmax(logits, 0)
-    order = sorted(range(len(kept)), key=lambda i: -float(logits[i]))
-    best = order[0]
-    # Margin over the runner-up candidate (over "none" when there is a single candidate).
-    runner_up = float(probs[order[1]]) if len(order) > 1 else float(probs[-1])
-    margin = float(probs[best]) - runner_up
     names = [ctx.parent.name for ctx in kept]
-    if no_parent_wins(float(probs[best]), float(probs[-1])):
-        decision = Decision(None, float(probs[-1]), method, names[best], margin, False)
-    else:
-        decision = Decision(names[best], float(probs[best]), method, names[best], margin, False)
-    candidates = [
-        CandidateScore(names[i], float(probs[i]), {method: float(probs[i])}) for i in order
-    ]
-    return Ranking(child.name, decision, candidates, skipped)
+    return detector_ranking(child.name, names, logits, method, skipped)
 
 
 def rank_adapter(

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -45,6 +45,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from app.engine.errors import LineageError
+from app.engine.results import CandidateScore, Decision, Ranking, Skipped
 
 VARIANTS = ("paper", "ours")
 CHECKPOINT_FORMAT = "lineage-detector"
@@ -52,6 +53,33 @@ CHECKPOINT_VERSION = "1"
 SPECTRUM_SIZE = 16  # singular values kept per weight matrix in the ``ours`` spectrum token
 STANDARDIZE_EPS = 1e-5
 RMS_FLOOR = 1e-6
+
+
+def no_parent_wins(best: float, no_parent: float) -> bool:
+    """A trained detector answers "no parent" when its no-parent token is more probable than
+    its best candidate."""
+    return no_parent > best
+
+
+def detector_ranking(
+    child: str, names: list[str], logits: torch.Tensor, method: str, skipped: list[Skipped]
+) -> Ranking:
+    """A detector's answer from its logits (one per candidate of ``names``, then "no parent"):
+    softmax over them; the best candidate is named unless ``no_parent_wins``; the margin is
+    over the runner-up candidate (over "none" with a single candidate)."""
+    probs = torch.softmax(logits.double(), 0)
+    order = sorted(range(len(names)), key=lambda i: -float(logits[i]))
+    best = order[0]
+    runner_up = float(probs[order[1]]) if len(order) > 1 else float(probs[-1])
+    margin = float(probs[best]) - runner_up
+    if no_parent_wins(float(probs[best]), float(probs[-1])):
+        decision = Decision(None, float(probs[-1]), method, names[best], margin, False)
+    else:
+        decision = Decision(names[best], float(probs[best]), method, names[best], margin, False)
+    candidates = [
+        CandidateScore(names[i], float(probs[i]), {method: float(probs[i])}) for i in order
+    ]
+    return Ranking(child, decision, candidates, skipped)
 
 
 class DetectorError(LineageError):
@@ -113,12 +141,18 @@ class DetectorConfig:
     @classmethod
     def from_dict(cls, data: object) -> DetectorConfig:
         """Rebuild a config, refusing unknown keys (a newer or foreign checkpoint)."""
-        if not isinstance(data, dict):
-            raise DetectorError(f"detector config must be a JSON object, got {type(data).__name__}")
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise DetectorError(f"unknown detector config keys: {', '.join(map(str, unknown))}")
-        return cls(**data)
+        return config_from_dict(cls, data)
+
+
+def config_from_dict(cls, data: object):
+    """A detector config dataclass ``cls`` from stored JSON, refusing anything but an object of
+    its own keys (a newer or foreign checkpoint)."""
+    if not isinstance(data, dict):
+        raise DetectorError(f"detector config must be a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})
+    if unknown:
+        raise DetectorError(f"unknown detector config keys: {', '.join(map(str, unknown))}")
+    return cls(**data)
 
 
 def _conv_encoder(hidden: int, dim: int) -> nn.Sequential:
@@ -134,7 +168,7 @@ def _conv_encoder(hidden: int, dim: int) -> nn.Sequential:
     )
 
 
-class _Block(nn.Module):
+class Block(nn.Module):
     """Pre-LayerNorm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
 
     def __init__(self, dim: int, heads: int, dropout: float):
@@ -211,10 +245,10 @@ class LineageDetector(nn.Module):
             self.spectrum_mlp = nn.Sequential(
                 nn.Linear(3 * SPECTRUM_SIZE, dim), nn.GELU(), nn.Linear(dim, dim)
             )
-            self.pair_block = _Block(dim, config.heads, config.dropout)
+            self.pair_block = Block(dim, config.heads, config.dropout)
             self.pair_norm = nn.LayerNorm(dim)
             self.merge = nn.Linear(2 * dim, dim)
-            self.cross_block = _Block(dim, config.heads, config.dropout)
+            self.cross_block = Block(dim, config.heads, config.dropout)
             self.cross_norm = nn.LayerNorm(dim)
         self.no_parent = nn.Parameter(torch.randn(dim) * 0.02) if config.no_parent else None
         self.head = nn.Linear(dim, 1)
@@ -346,8 +380,11 @@ class LineageDetector(nn.Module):
 # --- checkpoints -------------------------------------------------------------------------------
 
 
-def save_checkpoint(model: LineageDetector, path: str | Path, record: dict) -> None:
-    """Write the weights, config and ``record`` as one safetensors file, atomically.
+def write_checkpoint(
+    model: nn.Module, path: str | Path, record: dict, checkpoint_format: str, version: str
+) -> None:
+    """Write a detector's weights, its ``config.to_dict()`` and ``record`` as one safetensors
+    file with ``checkpoint_format`` and ``version`` in its metadata, atomically.
 
     A reader never sees a half-written file: the data goes to a temporary file in the same
     directory, which then replaces ``path``.
@@ -359,12 +396,13 @@ def save_checkpoint(model: LineageDetector, path: str | Path, record: dict) -> N
         raise DetectorError(f"record for {path} is not JSON-serialisable: {exc}") from exc
     state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     metadata = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
+        "format": checkpoint_format,
+        "version": version,
         "config": json.dumps(model.config.to_dict(), sort_keys=True),
         "record": record_json,
     }
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise DetectorError(f"cannot write detector checkpoint {path}: {exc}") from exc
@@ -378,6 +416,11 @@ def save_checkpoint(model: LineageDetector, path: str | Path, record: dict) -> N
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_checkpoint(model: LineageDetector, path: str | Path, record: dict) -> None:
+    """Write a per-family detector (``write_checkpoint``)."""
+    write_checkpoint(model, path, record, CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
 
 
 def _json_field(metadata: dict, key: str, path: Path) -> object:
@@ -394,35 +437,45 @@ def _names(names: Sequence[str]) -> str:
     return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
-def load_checkpoint(
-    path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[LineageDetector, dict]:
-    """(detector in eval mode, record) from a file written by ``save_checkpoint``."""
+def read_checkpoint(
+    path: str | Path,
+    build: Callable[[object], nn.Module],
+    checkpoint_format: str,
+    version: str,
+    device: str | torch.device = "cpu",
+    what: str = "lineage detector",
+) -> tuple[nn.Module, dict]:
+    """(detector in eval mode, record) from a file written by ``write_checkpoint`` with
+    ``checkpoint_format`` and ``version`` (``what`` names it in errors); ``build(config)`` makes
+    the detector from the stored
+    config (``DetectorError`` or ``TypeError`` for a bad one). Nothing is unpickled; a missing,
+    corrupt, foreign or mismatched file is a ``DetectorError`` that says which."""
     path = Path(path)
     if not path.is_file():
         raise DetectorError(f"no detector checkpoint at {path}")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
-            if metadata.get("format") != CHECKPOINT_FORMAT:
+            if metadata.get("format") != checkpoint_format:
                 raise DetectorError(
-                    f"{path} is not a lineage detector checkpoint: 'format' metadata is "
-                    f"{metadata.get('format')!r}, expected {CHECKPOINT_FORMAT!r}"
+                    f"{path} is not a {what} checkpoint: 'format' metadata is "
+                    f"{metadata.get('format')!r}, expected {checkpoint_format!r}"
                 )
-            if metadata.get("version") != CHECKPOINT_VERSION:
+            if metadata.get("version") != version:
                 raise DetectorError(
                     f"{path}: unsupported detector checkpoint version {metadata.get('version')!r}"
                 )
-            try:
-                config = DetectorConfig.from_dict(_json_field(metadata, "config", path))
-            except DetectorError as exc:
-                raise DetectorError(f"{path}: bad detector config: {exc.message}") from exc
+            config = _json_field(metadata, "config", path)
             record = _json_field(metadata, "record", path)
             if not isinstance(record, dict):
                 raise DetectorError(f"{path}: 'record' metadata must be a JSON object")
             # Built on the meta device: no memory, and the caller's random state is left alone.
-            with torch.device("meta"):
-                model = LineageDetector(config)
+            try:
+                with torch.device("meta"):
+                    model = build(config)
+            except (DetectorError, TypeError) as exc:
+                message = exc.message if isinstance(exc, DetectorError) else str(exc)
+                raise DetectorError(f"{path}: bad detector config: {message}") from exc
             expected = model.state_dict()
             stored = set(handle.keys())
             missing, unexpected = set(expected) - stored, stored - set(expected)
@@ -449,6 +502,19 @@ def load_checkpoint(
     model = model.to_empty(device=device)
     model.load_state_dict(state)
     return model.eval(), record
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[LineageDetector, dict]:
+    """(per-family detector in eval mode, record) from a file written by ``save_checkpoint``."""
+    return read_checkpoint(
+        path,
+        lambda config: LineageDetector(DetectorConfig.from_dict(config)),
+        CHECKPOINT_FORMAT,
+        CHECKPOINT_VERSION,
+        device,
+    )
 
 
 # --- the examples a detector reads -----------------------------------------------------------

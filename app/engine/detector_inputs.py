@@ -106,7 +106,10 @@ def query_example(contexts: list[PairContext], target: int, with_scores: bool) -
 
 CHECKPOINT_DIR = Path(__file__).parent / "detectors"
 # Method name → variant of the shipped checkpoint it uses.
-VARIANT_OF = {"detector": "ours", "detector-paper": "paper"}
+# The per-architecture checkpoints a method reads (``detector`` itself is the universal detector
+# of ``universal_detector``, one checkpoint for every architecture; the per-family ``ours``
+# variant is still trained by ``lineage train-detector`` for comparison, and served by no method).
+VARIANT_OF = {"detector-paper": "paper"}
 
 
 def checkpoint_path(model_type: str | None, variant: str, directory: Path | None = None) -> Path:

@@ -346,7 +346,13 @@ def _build_registry() -> dict[str, Method]:
             "weight-space + function-space evidence, calibrated (default)",
         )
     )
-    add(Method("detector", MethodKind.TRAINED, "the Lineage Detector (ours), shipped per family"))
+    add(
+        Method(
+            "detector",
+            MethodKind.TRAINED,
+            "the Lineage Detector (ours): one checkpoint for every architecture",
+        )
+    )
     add(
         Method(
             "detector-paper",

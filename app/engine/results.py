@@ -48,7 +48,10 @@ class Ranking:
     ``direction``: each candidate's outward log ratio log(‖θ_k − θ̄‖ / ‖θ_c − θ̄‖), θ̄ the
     candidates' mean weights, when ``auto`` computed it (three comparable candidates or more):
     above 0, the candidate lies farther than the child from the family's centre, as a
-    descendant of the child would (``weightspace.outward_log_ratios``)."""
+    descendant of the child would (``weightspace.outward_log_ratios``); ``separation``: with
+    ``auto`` and four candidates or more, which evidence decided and why (``basis``: ``weights``
+    or ``spectra`` when a parent is named; ``not-separated`` or ``unrelated`` for "none"; see
+    ``decision.separation_json``)."""
 
     child: str
     decision: Decision
@@ -56,6 +59,7 @@ class Ranking:
     skipped: list[Skipped] = field(default_factory=list)
     subnetwork: dict | None = None
     direction: dict[str, float] | None = None
+    separation: dict | None = None
 
     def to_dict(self) -> dict:
         """The public JSON shape of ``lineage detect --json`` (see shared/design.md)."""

@@ -173,6 +173,22 @@ def weight_evidence(
     outward: bool = False,
     block_budget: int = BLOCK_BUDGET,
 ) -> tuple[list[PairWeights], list[float] | None]:
+    """Every candidate's ``PairWeights`` against ``child`` and, with ``outward``, the outward
+    ratios: ``weight_pass`` without the pairwise matrix."""
+    evidence, ratios, _ = weight_pass(
+        candidates, child, device, outward=outward, block_budget=block_budget
+    )
+    return evidence, ratios
+
+
+def weight_pass(
+    candidates: list[LoadedModel],
+    child: LoadedModel,
+    device: torch.device | str = "cpu",
+    *,
+    outward: bool = False,
+    block_budget: int = BLOCK_BUDGET,
+) -> tuple[list[PairWeights], list[float] | None, np.ndarray | None]:
     """Every candidate's ``PairWeights`` against ``child``, in one streaming pass over the child's
     tensors; with ``outward``, also ``outward_log_ratios`` (else None).
 
@@ -186,6 +202,11 @@ def weight_evidence(
     is bounded by two buffers of ``block_budget`` float32 elements, not by the models' or the
     largest tensor's size. Sums are float32 within a block and float64 across blocks. One
     candidate alone is the one-by-one path; it computes the same sums in the same order.
+
+    With ``outward``, the third value is the (K+1)×(K+1) matrix of squared distances among
+    [child, candidates...] over the tensors every candidate shares with the child, running
+    statistics left out (``is_data_statistic``); from the Gram matrix of the differences
+    θ_k − θ_c, one small product per block. Else None.
     """
     matches = [{c: p for p, c in matched_tensors(k, child)} for k in candidates]
     count = len(candidates)
@@ -195,6 +216,7 @@ def weight_evidence(
     tensors = torch.zeros(count, dtype=torch.float64)
     spread = torch.zeros(count, dtype=torch.float64)  # Σ ‖θ_k − θ̄‖² over shared tensors
     child_spread = 0.0
+    gram = torch.zeros(count, count, dtype=torch.float64)  # Σ (θ_i − θ_c)·(θ_j − θ_c), shared
     steps = _steps(child, matches, outward, block_budget)
     size = max(((len(s.members) + 1) * (s.end - s.begin) for s in steps), default=0)
     reader = _Reader(candidates, child, matches, size)
@@ -220,6 +242,8 @@ def weight_evidence(
             d_sq += _squared_distances(stacked, mine)  # stacked now holds θ_k − θ_c
             if step.shared:
                 # θ_k − θ̄ = d_k − d̄ and θ_c − θ̄ = −d̄, with d_k = θ_k − θ_c
+                if not is_data_statistic(step.name):
+                    gram += (stacked @ stacked.T).double().cpu()
                 centre = stacked.mean(0)
                 child_spread += float(torch.linalg.vector_norm(centre)) ** 2
                 spread += _squared_distances(stacked, centre)
@@ -243,13 +267,19 @@ def weight_evidence(
         )
         for i in range(count)
     ]
-    ratios = None
+    ratios = squared_matrix = None
     if outward:
         floor = 1e-30
         ratios = [
             0.5 * (np.log(max(float(s), floor)) - np.log(max(child_spread, floor))) for s in spread
         ]
-    return evidence, ratios
+        diagonal = gram.diagonal()
+        among = (diagonal[:, None] + diagonal[None, :] - 2 * gram).clamp_min(0.0)
+        squared_matrix = np.zeros((count + 1, count + 1))
+        squared_matrix[1:, 1:] = among.numpy()
+        squared_matrix[0, 1:] = squared_matrix[1:, 0] = diagonal.numpy()
+        np.fill_diagonal(squared_matrix, 0.0)
+    return evidence, ratios, squared_matrix
 
 
 def _pair_key(parent: LoadedModel) -> tuple[str, str]:
@@ -277,12 +307,64 @@ def cache_weight_evidence(
 ) -> list[float] | None:
     """Batched scoring: every candidate's ``PairWeights`` in one pass (``weight_evidence``),
     left in the child's cache where ``pair_weights`` finds them; returns the outward ratios
-    (with ``outward``)."""
-    evidence, ratios = weight_evidence(candidates, child, device, outward=outward)
+    (with ``outward``), and keeps the squared distances among them for ``shared_squared``."""
+    evidence, ratios, squared = weight_pass(candidates, child, device, outward=outward)
     cache = child.cache.setdefault("pair_weights", {})
     for candidate, pair in zip(candidates, evidence, strict=True):
         cache[_pair_key(candidate)] = pair
+    if squared is not None:
+        key = tuple(_pair_key(c) for c in candidates)
+        child.cache.setdefault("shared_squared", {})[key] = squared
     return ratios
+
+
+def is_data_statistic(name: str) -> bool:
+    """Whether a tensor is a normalisation layer's running statistic (``running_mean``,
+    ``running_var``): a measurement of the training data, not a learnt weight. Fine-tunes on
+    alike inputs all move it alike, which would make siblings look related to one another."""
+    return name.rsplit(".", 1)[-1].startswith("running_")
+
+
+def shared_squared(
+    candidates: list[LoadedModel], child: LoadedModel, device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """Squared distances among [child, candidates...] over the tensors they all share (the
+    batched pass's, when it ran for these candidates; else one pass of its own)."""
+    key = tuple(_pair_key(c) for c in candidates)
+    cached = child.cache.get("shared_squared", {}).get(key)
+    if cached is None:
+        cached = weight_pass(candidates, child, device, outward=True)[2]
+        child.cache.setdefault("shared_squared", {})[key] = cached
+    return cached
+
+
+def spectrum_squared(
+    candidates: list[LoadedModel], child: LoadedModel, device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """Squared distances among [child, candidates...] between their permutation-invariant
+    statistics (``invariant_statistics``), the permutation-blind counterpart of
+    ``shared_squared``: over the tensors every candidate shares with the child, normalisation
+    statistics left out (``is_data_statistic``), each tensor's statistics divided by their mean
+    norm over these models so that every tensor weighs alike, whatever its size or scale."""
+    matches = [{c: p for p, c in matched_tensors(k, child)} for k in candidates]
+    names = [
+        n for n in child.weights.infos if all(n in m for m in matches) and not is_data_statistic(n)
+    ]
+    count = len(candidates) + 1
+    squared = np.zeros((count, count))
+    for name in names:
+        rows = [invariant_statistics(child, name, device)]
+        rows += [
+            invariant_statistics(k, m[name], device)
+            for k, m in zip(candidates, matches, strict=True)
+        ]
+        stacked = torch.stack(rows)
+        scale = float(torch.linalg.vector_norm(stacked, dim=1).mean())
+        if scale > 0:
+            stacked = stacked / scale
+            squared += torch.cdist(stacked, stacked).pow(2).numpy()
+    np.fill_diagonal(squared, 0.0)
+    return squared
 
 
 def l2_distance(parent: LoadedModel, child: LoadedModel) -> float:
