@@ -203,7 +203,7 @@ def demo(
     out: Path = typer.Option(
         None, help="Where to write the demo zoo (default: a temporary folder)."
     ),
-    family: str = typer.Option("mlp", help="mlp or cnn."),
+    family: str = typer.Option("cnn", help="cnn or mlp."),
     all_methods: bool = typer.Option(
         False, "--all-methods", help="Also print every method's top-1 accuracy on the zoo."
     ),

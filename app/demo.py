@@ -42,7 +42,7 @@ def demo_methods() -> list[str]:
     return [m for m in method_names() if METHODS[m].kind is not MethodKind.ADAPTER]
 
 
-def build_demo_zoo(out: Path, family: str = "mlp", seed: int = 0) -> dict:
+def build_demo_zoo(out: Path, family: str = "cnn", seed: int = 0) -> dict:
     """Train the demo zoo into ``out``; return its manifest (also written as manifest.json)."""
     config = DEMO_CONFIGS[family]
     network = build_network(config)
@@ -87,7 +87,7 @@ def build_demo_zoo(out: Path, family: str = "mlp", seed: int = 0) -> dict:
 
 
 def run_demo(
-    out: Path, family: str = "mlp", methods: list[str] | None = None
+    out: Path, family: str = "cnn", methods: list[str] | None = None
 ) -> tuple[list[DemoRow], dict[str, list[bool]]]:
     """Build the zoo and detect every child among the parents that are not held out.
 
@@ -139,7 +139,7 @@ def format_top1(top1: dict[str, list[bool]]) -> str:
     return "\n".join(lines)
 
 
-def demo(out: Path, family: str = "mlp", methods: list[str] | None = None) -> str:
+def demo(out: Path, family: str = "cnn", methods: list[str] | None = None) -> str:
     """Run the demo and return the printed report (with per-method top-1 if ``methods``)."""
     started = time.perf_counter()
     rows, top1 = run_demo(out, family, methods)

@@ -32,7 +32,7 @@ def run_service_demo(
     """Build the demo zoo in ``out`` and push it through the service at ``base_url``, with the
     API ``key`` (a curator's: it registers parents)."""
     say(f"training the demo zoo in {out} ...")
-    manifest = build_demo_zoo(out, "mlp")
+    manifest = build_demo_zoo(out, "cnn")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     with httpx.Client(base_url=base_url, timeout=120, headers=headers) as client:
         for name, entry in manifest["models"].items():

@@ -162,12 +162,11 @@ def logistic_threshold(margins: np.ndarray, labels: np.ndarray) -> tuple[float, 
 
 # The grid of ``separation.judge``'s dimensionless constants (see its docstring).
 SEPARATION_GRID = {
-    "weights_floor": (0.1, 0.15, 0.2, 0.25, 0.3),
+    "weights_between": (0.3, 0.4, 0.5, 0.6),
     "spectra_floor": (0.1, 0.2, 0.3),
     "weights_far": (2.0, 3.0, 4.0, 6.0),
     "spectra_near": (2.0, 3.0, 4.0, 6.0),
     "hub_max": (None, 0.1, 0.2, 0.3, 0.4, 0.5),
-    "weights_margin": (0.0, 0.05, 0.1),
     "spectra_margin": (0.0, 0.05, 0.1),
 }
 
@@ -190,8 +189,7 @@ def _judge_all(evidence: dict, constants: dict) -> np.ndarray:
         ranked = np.where(passing, rank, np.inf)
         return np.where(passing.any(1), ranked.argmin(1), -1)
 
-    weights_bar = bar("weights", constants["weights_floor"])[:, None]
-    named = first_passing(evidence["weights_rho"] >= weights_bar)
+    named = first_passing(evidence["weights_between"] >= constants["weights_between"])
     inside = evidence["weights_far"] < constants["weights_far"]
     if constants["hub_max"] is not None:
         hub = first_passing(inside[:, None] & (evidence["hubs"] <= constants["hub_max"]))
@@ -212,6 +210,7 @@ def _verdict_inputs(queries: list[tuple[dict, list[float]]]) -> dict:
         "weights_rho": np.full((count, width), -np.inf),
         "spectra_rho": np.full((count, width), -np.inf),
         "hubs": np.full((count, width), np.inf),
+        "weights_between": np.full((count, width), -np.inf),
         "rank": np.full((count, width), np.inf),
     }
     columns: dict[str, list] = defaultdict(list)
@@ -221,6 +220,7 @@ def _verdict_inputs(queries: list[tuple[dict, list[float]]]) -> dict:
         out["rank"][row, order] = np.arange(k)
         views = query_separations(query)
         out["hubs"][row, :k] = views[WEIGHTS].hubs
+        out["weights_between"][row, :k] = views[WEIGHTS].betweenness
         for view, sep in views.items():
             out[f"{view}_rho"][row, :k] = sep.relatedness
             columns[f"{view}_null"].append(max(sep.null))

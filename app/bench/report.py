@@ -511,8 +511,7 @@ def separation_constants_table(fits: dict | None) -> list[str]:
         return []
     rows = []
     keys = (
-        "weights_floor",
-        "weights_margin",
+        "weights_between",
         "weights_far",
         "hub_max",
         "spectra_floor",

@@ -117,20 +117,9 @@ class DetectorConfig:
             value = getattr(self, name)
             if not is_integer(value) or value < low:
                 raise DetectorError(f"detector {name} must be an integer >= {low}, got {value!r}")
-        if self.embed_dim % self.heads:
-            raise DetectorError(
-                f"detector embed_dim ({self.embed_dim}) must be divisible by heads ({self.heads})"
-            )
+        check_attention(self.embed_dim, self.heads, self.dropout)
         if not isinstance(self.no_parent, bool):
             raise DetectorError(f"detector no_parent must be true or false, got {self.no_parent!r}")
-        if (
-            isinstance(self.dropout, bool)
-            or not isinstance(self.dropout, int | float)
-            or not 0 <= self.dropout < 1
-        ):
-            raise DetectorError(
-                f"detector dropout must be a number in [0, 1), got {self.dropout!r}"
-            )
         if self.variant == "paper" and self.n_scores:
             raise DetectorError("the paper detector takes no scores: use n_scores=0 or 'ours'")
 
@@ -142,6 +131,16 @@ class DetectorConfig:
     def from_dict(cls, data: object) -> DetectorConfig:
         """Rebuild a config, refusing unknown keys (a newer or foreign checkpoint)."""
         return config_from_dict(cls, data)
+
+
+def check_attention(embed_dim: int, heads: int, dropout: object) -> None:
+    """Refuse an attention width that heads do not divide, or a dropout outside [0, 1)."""
+    if embed_dim % heads:
+        raise DetectorError(
+            f"detector embed_dim ({embed_dim}) must be divisible by heads ({heads})"
+        )
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        raise DetectorError(f"detector dropout must be a number in [0, 1), got {dropout!r}")
 
 
 def config_from_dict(cls, data: object):

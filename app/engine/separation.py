@@ -76,6 +76,7 @@ class Separation:
     null: list[float]  # per held-out candidate, its best ρ against the others
     unrelated: float  # a_x / median a_c
     hubs: list[float]  # a_c / median a_c: near 0 for the common ancestor of the others
+    betweenness: list[float]  # π(c): near 1 when c lies on the child's path to every other
 
     @property
     def best(self) -> int:
@@ -87,6 +88,7 @@ class Separation:
             "null": [round(v, 4) for v in self.null],
             "unrelated": round(self.unrelated, 3),
             "hubs": [round(v, 4) for v in self.hubs],
+            "betweenness": [round(v, 4) for v in self.betweenness],
         }
 
 
@@ -129,7 +131,31 @@ def separation(squared: np.ndarray) -> Separation | None:
         null.append(float(values.max()))
     typical = max(float(np.median(np.maximum(offsets[members], 0.0))), OFFSET_FLOOR)
     hubs = [float(max(a, 0.0) / typical) for a in offsets]
-    return Separation([float(v) for v in everyone], null, own / typical, hubs)
+    return Separation([float(v) for v in everyone], null, own / typical, hubs, betweenness(squared))
+
+
+def betweenness(squared: np.ndarray) -> list[float]:
+    """π(c) = 1 − median over the other candidates q of (S_xc + S_cq − S_xq) / S_cq, for every
+    candidate c, from squared distances among [child x, candidates...].
+
+    When c is an ancestor of x, c lies on the path from x to every other candidate: x's own
+    displacement from c is nearly orthogonal to c's displacement from anyone else, the squared
+    distances add up along the path, and the excess S_xc + S_cq − S_xq is about 0 (π ≈ 1).
+    When c is a sibling, a cousin or a stranger, the path from x to q does not pass through c:
+    the excess is twice c's own path from where their paths split, about S_cq, and π ≈ 0. It
+    needs no star: candidates related among themselves (a base, its fine-tunes and theirs) are
+    measured alike, and displacements that all fine-tunes share cancel out."""
+    squared = np.asarray(squared, dtype=np.float64)
+    k = len(squared) - 1
+    out = []
+    for c in range(1, k + 1):
+        ratios = [
+            (squared[0, c] + squared[c, q] - squared[0, q]) / max(squared[c, q], OFFSET_FLOOR)
+            for q in range(1, k + 1)
+            if q != c
+        ]
+        out.append(1.0 - float(np.median(ratios)))
+    return out
 
 
 # The views a decision reads, in order: raw weights first; the permutation-blind spectra only
@@ -143,7 +169,7 @@ UNRELATED = "unrelated"  # far from every candidate in every view
 MARGIN = "margin"  # too few candidates for a null: the calibrated margin decided
 
 EXPLANATIONS = {
-    WEIGHTS: "its weights share a path with this candidate beyond what its siblings share",
+    WEIGHTS: "this candidate lies on the path from its weights to every other candidate's",
     HUB: (
         "its weights belong to the family whose common ancestor is this candidate (a base "
         "model registered beside its other fine-tunes)"
@@ -208,7 +234,8 @@ def judge(order: list[int], views: dict[str, Separation], constants: dict) -> Ve
     """The verdict from the views' separations; ``order``: the candidates' indices, best first
     by the ranking (``auto``'s), which breaks ties between candidates that all pass a view.
 
-    1. Weights: the best-ranked candidate whose relatedness clears the weights' threshold.
+    1. Weights: the best-ranked candidate that lies on the child's path to every other
+       candidate (``betweenness`` ≥ ``weights_between``): an ancestor.
     2. Hub: when the weights place the child inside the family (``unrelated`` <
        ``weights_far``), the best-ranked candidate that is the family's common ancestor (hub
        ratio ≤ ``hub_max``; None: never).
@@ -218,15 +245,15 @@ def judge(order: list[int], views: dict[str, Separation], constants: dict) -> Ve
        with the weights far, its weight-space components are noise).
     Else "none": ``UNRELATED`` when the child lies outside the family in every view it was
     measured in, ``NOT_SEPARATED`` when it lies inside but no candidate stands out.
-    ``constants``: ``weights_floor``, ``spectra_floor``, ``weights_far``, ``spectra_near``,
-    ``hub_max``, ``weights_margin`` and ``spectra_margin`` (each view's ``null_margin``, see
-    ``threshold``), all dimensionless.
+    ``constants``: ``weights_between``, ``spectra_floor``, ``weights_far``, ``spectra_near``,
+    ``hub_max`` and ``spectra_margin`` (the spectra's ``null_margin``, see ``threshold``), all
+    dimensionless.
     """
     weights, spectra = views[WEIGHTS], views.get(SPECTRA)
-    bar = threshold(weights, constants["weights_floor"], constants.get("weights_margin"))
-    named = _first(order, lambda i: weights.relatedness[i] >= bar)
+    bar = constants["weights_between"]
+    named = _first(order, lambda i: weights.betweenness[i] >= bar)
     if named is not None:
-        return Verdict(named, WEIGHTS, weights.relatedness[named], bar)
+        return Verdict(named, WEIGHTS, weights.betweenness[named], bar)
     best = order[0]
     far = weights.unrelated >= constants["weights_far"]
     hub_max = constants.get("hub_max")
@@ -243,8 +270,8 @@ def judge(order: list[int], views: dict[str, Separation], constants: dict) -> Ve
             return Verdict(top, SPECTRA, spectra.relatedness[top], spectral_bar)
         return Verdict(None, NOT_SEPARATED, spectra.relatedness[top], spectral_bar)
     if far:
-        return Verdict(None, UNRELATED, weights.relatedness[best], bar)
-    return Verdict(None, NOT_SEPARATED, weights.relatedness[best], bar)
+        return Verdict(None, UNRELATED, weights.betweenness[best], bar)
+    return Verdict(None, NOT_SEPARATED, weights.betweenness[best], bar)
 
 
 def separations(squared: dict[str, object] | None) -> dict[str, Separation] | None:

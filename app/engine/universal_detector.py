@@ -51,6 +51,7 @@ from app.engine import separation, weightspace
 from app.engine.detector import (
     Block,
     DetectorError,
+    check_attention,
     config_from_dict,
     detector_ranking,
     is_integer,
@@ -365,18 +366,7 @@ class UniversalConfig:
             value = getattr(self, name)
             if not is_integer(value) or value < low:
                 raise DetectorError(f"detector {name} must be an integer >= {low}, got {value!r}")
-        if self.embed_dim % self.heads:
-            raise DetectorError(
-                f"detector embed_dim ({self.embed_dim}) must be divisible by heads ({self.heads})"
-            )
-        if (
-            isinstance(self.dropout, bool)
-            or not isinstance(self.dropout, int | float)
-            or not 0 <= self.dropout < 1
-        ):
-            raise DetectorError(
-                f"detector dropout must be a number in [0, 1), got {self.dropout!r}"
-            )
+        check_attention(self.embed_dim, self.heads, self.dropout)
         if (self.token_features, self.scalar_features, self.features_version) != (
             len(TOKEN_FEATURES),
             SCALARS,
