@@ -74,3 +74,7 @@ def test_a_child_is_named_and_a_cousin_refused(family, method):
         # the cousin beyond what the candidates share among themselves.
         weights = child.separation["views"]["weights"]
         assert weights["relatedness"]["parent-0"] > max(weights["null"])
+        # Every figure is given per candidate; the named parent's betweenness decided.
+        for figure in ("relatedness", "hubs", "betweenness"):
+            assert set(weights[figure]) == {f"parent-{i}" for i in range(4)}
+        assert child.separation["value"] == weights["betweenness"]["parent-0"]

@@ -1,8 +1,8 @@
-"""Choose the engine's constants on calibration zoos that the report never shows.
+"""Choose the engine's constants from zoos' raw scores.
 
-Held-out discipline: the calibration zoos are built with their own seeds (``CALIBRATION_SEEDS``),
-so their roots, parents, children and tasks are not those of the reported zoos (seeds 0..K−1).
-From their raw scores this module sets, in ``app/engine/calibration.json``:
+Held-out discipline lives in ``protocol``: a zoo is only ever judged with constants fitted
+without it (without its seed, or without its family); the shipped ``calibration.json`` is fitted
+on every zoo and never reported. From the raw scores it is given, this module sets:
 
 1. ``taylor_alpha``: for each Taylor similarity, the scale α of the grid with the best mean top-1
    (macro average over families × splits; ties go to the α nearest the reference code's 0.01);
@@ -15,8 +15,10 @@ From their raw scores this module sets, in ``app/engine/calibration.json``:
    families × splits, orphans included) until none does;
 4. ``auto.threshold`` and ``auto.scale``: a logistic fit of P(best candidate is the parent) on
    ``auto``'s margin, so confidence = sigmoid((margin − threshold)/scale) is that probability on
-   the calibration zoos, and the parent is named when it is at least 1/2;
-5. ``open_set``: for every other method, the margin threshold below which it answers "no parent"
+   the zoos fitted, and the parent is named when it is at least 1/2 (three candidates or fewer);
+5. ``auto.separation``: the constants of the separation test that decides with four candidates
+   or more (``fit_separation``);
+6. ``open_set``: for every other method, the margin threshold below which it answers "no parent"
    (best balanced accuracy), so the benchmark can report each method's open-set precision/recall.
 """
 
@@ -36,9 +38,8 @@ from app.engine.calibration import REFERENCE_TAYLOR_ALPHA
 from app.engine.decision import DIRECTION, auto_verdict, evidence_margin, log_distances
 from app.engine.methods import AUTO, PAIRWISE_KINDS, as_distance, method_names
 from app.engine.metrics import SIMILARITY_GRADIENTS
-from app.engine.separation import WEIGHTS
+from app.engine.separation import SPECTRA, WEIGHTS
 
-CALIBRATION_SEEDS = (100, 101)
 ALPHA_GRID = (0.001, 0.01, 0.1, 1.0)
 AUTO_POOL = (
     "weight-l2",
@@ -174,13 +175,12 @@ SEPARATION_GRID = {
 def _judge_all(evidence: dict, constants: dict) -> np.ndarray:
     """``separation.judge``'s named candidate for every query at once (−1: "none"), from
     ``_verdict_inputs``: the same rule, vectorised for the grid search (a test holds the two
-    equal). Candidate columns are padded with −inf relatedness, +inf hub ratio and rank."""
-
-    def bar(view: str, floor: float) -> np.ndarray:
-        margin = constants[f"{view}_margin"]
-        if margin is None:
-            return np.full(len(evidence["rank"]), floor)
-        return np.maximum(floor, evidence[f"{view}_null"] + margin)
+    equal). Candidate columns are padded with −inf betweenness and relatedness, +inf hub ratio
+    and rank."""
+    # The spectra's bar (``separation.threshold``): the floor, raised to the null plus a margin.
+    spectral_bar = np.maximum(
+        constants["spectra_floor"], evidence["spectra_null"] + constants["spectra_margin"]
+    )
 
     rank = evidence["rank"]
     rows = np.arange(len(rank))
@@ -196,18 +196,17 @@ def _judge_all(evidence: dict, constants: dict) -> np.ndarray:
         named = np.where(named >= 0, named, hub)
     spectral = ~inside & (evidence["spectra_far"] <= constants["spectra_near"])
     top = evidence["spectra_rho"].argmax(1)
-    clears = evidence["spectra_rho"][rows, top] >= bar("spectra", constants["spectra_floor"])
+    clears = evidence["spectra_rho"][rows, top] >= spectral_bar
     return np.where(named >= 0, named, np.where(spectral & clears, top, -1))
 
 
 def _verdict_inputs(queries: list[tuple[dict, list[float]]]) -> dict:
-    """Per query (with auto's scores): each candidate's relatedness in both views, hub ratio
-    and rank in auto's order, padded to the largest candidate set; each view's largest null
-    value and how far outside the family the child lies."""
+    """Per query (with auto's scores): each candidate's weight betweenness and hub ratio, its
+    spectral relatedness and its rank in auto's order, padded to the largest candidate set; the
+    spectra's largest null value, and how far outside the family each view puts the child."""
     width = max(len(values) for _, values in queries)
     count = len(queries)
     out = {
-        "weights_rho": np.full((count, width), -np.inf),
         "spectra_rho": np.full((count, width), -np.inf),
         "hubs": np.full((count, width), np.inf),
         "weights_between": np.full((count, width), -np.inf),
@@ -219,12 +218,13 @@ def _verdict_inputs(queries: list[tuple[dict, list[float]]]) -> dict:
         order = sorted(range(k), key=lambda i: -values[i])
         out["rank"][row, order] = np.arange(k)
         views = query_separations(query)
-        out["hubs"][row, :k] = views[WEIGHTS].hubs
-        out["weights_between"][row, :k] = views[WEIGHTS].betweenness
-        for view, sep in views.items():
-            out[f"{view}_rho"][row, :k] = sep.relatedness
-            columns[f"{view}_null"].append(max(sep.null))
-            columns[f"{view}_far"].append(sep.unrelated)
+        weights, spectra = views[WEIGHTS], views[SPECTRA]
+        out["hubs"][row, :k] = weights.hubs
+        out["weights_between"][row, :k] = weights.betweenness
+        out["spectra_rho"][row, :k] = spectra.relatedness
+        columns["spectra_null"].append(max(spectra.null))
+        columns["weights_far"].append(weights.unrelated)
+        columns["spectra_far"].append(spectra.unrelated)
     return out | {k: np.array(v) for k, v in columns.items()}
 
 
@@ -345,7 +345,6 @@ def calibrate(results: list[dict], base: dict, log=lambda _: None) -> dict:
     threshold, scale = logistic_threshold(*_labelled_margins(results, AUTO, calibration))
     calibration["auto"]["threshold"] = round(threshold, 4)
     calibration["auto"]["scale"] = round(scale, 4)
-    calibration["auto"].pop("separation", None)
     separation_constants = fit_separation(results, calibration)
     if separation_constants is not None:
         calibration["auto"]["separation"] = separation_constants
@@ -358,8 +357,8 @@ def calibrate(results: list[dict], base: dict, log=lambda _: None) -> dict:
     families = sorted({r["family"] for r in results})
     seeds = sorted({r["seed"] for r in results})
     calibration["source"] = (
-        f"`lineage bench --calibrate` on {date.today().isoformat()}: calibration zoos "
+        f"`lineage bench --calibrate` on {date.today().isoformat()}: fitted on the zoos of "
         f"{', '.join(families)} (seed {', '.join(map(str, seeds))}, size "
-        f"{results[0]['size']}), never the reported zoos"
+        f"{results[0]['size']}); the benchmark reports each zoo with a fit that leaves it out"
     )
     return calibration

@@ -141,15 +141,18 @@ def _score_query(
             scores[method], none_score[method] = probs[:-1], probs[-1]
     record = {k: query[k] for k in query}
     candidates = [model(name) for name in query["candidates"]]
-    outward = weightspace.outward_log_ratios(candidates, child) if len(candidates) > 2 else None
+    outward = squared = None
+    if len(candidates) > 2:
+        # One pass gives the outward ratios and the squared distances among [child,
+        # candidates...] that auto's separation test reads.
+        _, outward, weights = weightspace.weight_pass(candidates, child, outward=True)
+        if len(candidates) >= MIN_CANDIDATES:
+            squared = {
+                WEIGHTS: weights.tolist(),
+                SPECTRA: weightspace.spectrum_squared(candidates, child).tolist(),
+            }
     record.update(scores=scores, relative_l2=relative, outward=outward, none_score=none_score)
-    # The squared distances among [child, candidates...] that auto's separation test reads.
-    record["squared"] = None
-    if len(candidates) >= MIN_CANDIDATES:
-        record["squared"] = {
-            WEIGHTS: weightspace.shared_squared(candidates, child).tolist(),
-            SPECTRA: weightspace.spectrum_squared(candidates, child).tolist(),
-        }
+    record["squared"] = squared
     record["model_type"] = (child.config or {}).get("model_type")
     if wants_taylor:
         record["taylor"] = taylor

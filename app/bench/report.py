@@ -398,50 +398,6 @@ def machine(device: str) -> str:
     )
 
 
-def detector_section(records: list[dict]) -> list[str]:
-    """How each shipped detector was trained, and its held-out accuracy on seen and unseen
-    parents within its own training zoos."""
-    if not records:
-        return []
-
-    def pct(value) -> str:
-        return "–" if value is None else f"{100 * value:.0f}"
-
-    rows = []
-    for record in records:
-        for name, result in record["evaluation"].items():
-            rows.append(
-                [
-                    FAMILY_TITLES.get(record["family"], record["family"]),
-                    "`detector`" if record["variant"] == "ours" else "`detector-paper`",
-                    name,
-                    str(result["queries"]),
-                    pct(result["top1"]),
-                    pct(result["accuracy"]),
-                    f"{pct(result['none_precision'])} / {pct(result['none_recall'])}",
-                ]
-            )
-    seeds = " and ".join(str(z["seed"]) for z in records[0]["trained_on"])
-    return [
-        "## The trained Lineage Detector",
-        "",
-        f"The rows `detector` (ours) and `detector-paper` above use the checkpoints shipped in "
-        f"`app/engine/detectors/`, trained by `lineage train-detector` on the calibration zoos "
-        f"(seeds {seeds} of each family, {records[0]['epochs']} epochs): every parent in the "
-        "tables above is unseen. "
-        "Within those training zoos, `train-detector` first measures two held-out protocols: "
-        "a seeded half of the children held out (the paper's protocol: their parents are "
-        "seen in training) and the last zoo held out (unseen parents). Top-1 counts queries "
-        'with a parent; "exact" also asks the no-parent token to fire on the orphans and only '
-        'there; P / R are the precision and recall of "no parent".',
-        "",
-        *_table(
-            ["family", "detector", "held out", "queries", "top-1", "exact", "none P / R"], rows
-        ),
-        "",
-    ]
-
-
 def _mean_std_of(rows: list[dict], get) -> str:
     values = [get(r) for r in rows]
     values = [v for v in values if v is not None and not math.isnan(v)]

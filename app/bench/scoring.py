@@ -64,26 +64,16 @@ def judged(query: dict, method: str, calibration: dict, alpha: float | None = No
         # The detector's own no-parent token answers "none".
         detector = method if kind is MethodKind.TRAINED else "detector"
         none = no_parent_wins(values[best], query["none_score"][detector])
+        named = None if none else top1
     elif kind is MethodKind.COMBINED and (verdict := query_verdict(query, values, calibration)):
         # The separation test names its own candidate (ties broken by auto's ranking).
         none = not verdict.named
         named = None if none else query["candidates"][verdict.index]
-        return {
-            "top1": top1,
-            "margin": margin,
-            "correct": top1 == query["truth"],
-            "none": none,
-            "named": named,
-        }
     else:
         none = names_none(method, margin, calibration)
-    return {
-        "top1": top1,
-        "margin": margin,
-        "correct": top1 == query["truth"],
-        "none": none,
-        "named": None if none else top1,
-    }
+        named = None if none else top1
+    correct = top1 == query["truth"]
+    return {"top1": top1, "margin": margin, "correct": correct, "none": none, "named": named}
 
 
 def query_separations(query: dict) -> dict | None:

@@ -339,10 +339,16 @@ def measure(model: UniversalDetector, items: Sequence[dict]) -> dict:
     return {"overall": _metrics(rows), "splits": {s: _metrics(r) for s, r in splits.items()}}
 
 
-def _items(zoos: Sequence[Path], device, num_probes: int, log) -> list[dict]:
+def _items(
+    zoos: Sequence[Path], device, num_probes: int, log, cache: dict[str, list[dict]]
+) -> list[dict]:
+    """Every query of ``zoos`` (``zoo_features``), each zoo's read once into ``cache``: its
+    pair features come from disk, but its queries' separation features are computed anew."""
     items = []
     for zoo in zoos:
-        items += zoo_features(Path(zoo), device=device, num_probes=num_probes, log=log)
+        if str(zoo) not in cache:
+            cache[str(zoo)] = zoo_features(Path(zoo), device=device, num_probes=num_probes, log=log)
+        items += cache[str(zoo)]
     return items
 
 
@@ -356,13 +362,15 @@ def train_universal(
     num_probes: int = DEFAULT_NUM_PROBES,
     config: UniversalConfig | None = None,
     log: Callable[[str], None] = lambda _: None,
+    cache: dict[str, list[dict]] | None = None,
 ) -> dict:
     """Train one universal detector on every query of ``zoos`` (any families), write it to
-    ``out_path`` and return its training record (also stored in the checkpoint)."""
+    ``out_path`` and return its training record (also stored in the checkpoint). ``cache``:
+    zoos' queries already read (``_items``), shared with ``leave_one_family_out``."""
     if not zoos:
         raise InvalidArgument("give at least one zoo folder")
     started = time.perf_counter()
-    items = _items(zoos, device, num_probes, log)
+    items = _items(zoos, device, num_probes, log, {} if cache is None else cache)
     config = config or UniversalConfig()
     model, history = fit_universal(
         items,
@@ -408,20 +416,15 @@ def leave_one_family_out(
     device: torch.device | str = "cpu",
     num_probes: int = DEFAULT_NUM_PROBES,
     log: Callable[[str], None] = lambda _: None,
+    cache: dict[str, list[dict]] | None = None,
 ) -> dict[str, dict]:
     """Per family of ``eval_zoos_by_family``: a detector trained on the training zoos of every
-    other family, measured on this family's evaluation zoos (``measure``, plus ``trained_on``)."""
-    cache: dict[str, list[dict]] = {}
+    other family, measured on this family's evaluation zoos (``measure``, plus ``trained_on``).
+    ``cache``: as ``train_universal``'s."""
+    cache = {} if cache is None else cache
 
     def items_of(zoos: Sequence[Path]) -> list[dict]:
-        out = []
-        for zoo in zoos:
-            if str(zoo) not in cache:
-                cache[str(zoo)] = zoo_features(
-                    Path(zoo), device=device, num_probes=num_probes, log=log
-                )
-            out += cache[str(zoo)]
-        return out
+        return _items(zoos, device, num_probes, log, cache)
 
     results = {}
     for family, eval_zoos in eval_zoos_by_family.items():

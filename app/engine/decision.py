@@ -9,10 +9,14 @@ candidate c,
 so every method votes in units of its own noise σ_m on "how many times closer than the typical
 candidate", and a method that cannot tell the candidates apart (all distances alike) adds almost
 nothing. direction(c) demotes a candidate that lies farther than the child from the candidates'
-centre (a likely descendant; see ``combine_auto``). The decision's margin is
-auto(best) − auto(runner-up); the best candidate is declared the parent only when the margin
-clears a threshold calibrated on held-out benchmark zoos (``calibration.json``), else the answer
-is "no parent in the candidate set".
+centre (a likely descendant; see ``combine_auto``); the ranking is by auto(c).
+
+With four candidates or more, whether a candidate is the parent is decided from the candidate
+set's own evidence (``separation.judge``, through ``auto_verdict``): the best-ranked candidate
+that lies on the child's path to every other is named, else "none", said as "not separated" or
+"unrelated". With fewer, the decision's margin is auto(best) − auto(runner-up); the best
+candidate is declared the parent only when the margin clears a threshold calibrated by the
+benchmark (``calibration.json``), else the answer is "no parent in the candidate set".
 Confidence = sigmoid((margin − threshold) / scale), the calibrated probability that the best
 candidate is the parent. With a single candidate there is no runner-up: the margin is then
 log(ρ₀ / ρ) for the relative weight distance ρ = ‖θ_c − θ_p‖/‖θ_p‖. (Not the spectral analogue:
@@ -21,7 +25,7 @@ from a relative on its own; a permuted child therefore needs other candidates to
 
 The rule (``evidence_margin``: a margin from a method's scores; ``names_none``: when a margin
 means "no parent") is also how the benchmark judges every method: a single method's margin is
-then in −log D units and its threshold the open-set one fitted on the calibration zoos, while
+then in −log D units and its threshold the open-set one fitted by the benchmark, while
 the engine's own answer with a single method always names its best candidate, uncalibrated.
 A trained detector answers "no parent" when its no-parent token wins (``no_parent_wins``).
 """
@@ -181,14 +185,13 @@ def decide(
     method: str,
     calibration: dict,
     single_candidate_relative: float | None = None,
-    views: dict[str, separation.Separation] | None = None,
+    verdict: separation.Verdict | None = None,
 ) -> Decision:
     """Best candidate, margin, calibrated confidence, or no parent (see module docstring).
 
-    ``auto`` with ``views`` (four candidates or more) decides by ``auto_verdict``: which
-    candidate, if any, is separated from its siblings, judged against the candidate set's own
-    null (it names that candidate, which may not be ``auto``'s best); its confidence is then
-    sigmoid(strength / scale), the scale fitted on the calibration zoos."""
+    ``auto`` with a ``verdict`` (``auto_verdict``: four candidates or more) answers by it: the
+    candidate it names, which may not be ``auto``'s best, or "none"; its confidence is then
+    sigmoid(strength / scale), the scale fitted by ``lineage bench --calibrate``."""
     if get_method(method).kind is not MethodKind.COMBINED:
         # A single method always names its best candidate; its confidence is the softmax share of
         # the best after standardising scores across candidates: informative, not calibrated.
@@ -202,7 +205,6 @@ def decide(
         return Decision(names[best], share, method, names[best], margin, False)
     auto = calibration["auto"]
     best, margin = evidence_margin(method, scores)
-    verdict = auto_verdict(scores, views, calibration)
     if verdict is not None:
         scale = max(auto["separation"].get("scale", 0.05), 1e-6)
         p_parent = _sigmoid(verdict.strength / scale)
@@ -371,10 +373,11 @@ def rank_candidates(
     else:
         combined = [s[components[0]] for _, s in kept]
     names = [p.name for p, _ in kept]
-    views = None
+    views = verdict = None
     if get_method(method).kind is MethodKind.COMBINED and len(kept) >= separation.MIN_CANDIDATES:
         views = separation.candidate_separations([p for p, _ in kept], child, device)
-    decision = decide(names, combined, method, calibration, relative, views)
+        verdict = auto_verdict(combined, views, calibration)
+    decision = decide(names, combined, method, calibration, relative, verdict)
     candidates = [
         CandidateScore(p.name, score, scores)
         for (p, scores), score in sorted(zip(kept, combined, strict=True), key=lambda t: -t[1])
@@ -385,9 +388,7 @@ def rank_candidates(
         if outward is not None
         else None
     )
-    evidence = None
-    if views is not None:
-        evidence = separation_json(names, views, auto_verdict(combined, views, calibration))
+    evidence = None if views is None else separation_json(names, views, verdict)
     return Ranking(child.name, decision, candidates, skipped, used, direction, evidence)
 
 
@@ -397,8 +398,7 @@ def separation_json(
     verdict: separation.Verdict | None,
 ) -> dict:
     """The ``separation`` field of a result: which evidence decided and why, and each view's
-    relatedness per candidate, its null (the held-out candidates' best relatedness) and how far
-    outside the family the child lies."""
+    figures (``Separation.to_dict``)."""
     out = {
         "basis": verdict.basis if verdict else separation.MARGIN,
         "explanation": (verdict.explanation if verdict else separation.EXPLANATIONS["margin"]),
@@ -407,11 +407,7 @@ def separation_json(
         "views": {},
     }
     for view, sep in views.items():
-        out["views"][view] = {
-            "relatedness": {n: round(v, 4) for n, v in zip(names, sep.relatedness, strict=True)},
-            "null": [round(v, 4) for v in sep.null],
-            "unrelated": round(sep.unrelated, 3),
-        }
+        out["views"][view] = sep.to_dict(names)
     return out
 
 

@@ -1,4 +1,9 @@
-"""Is the best candidate separated from its siblings? A null made from the candidate set itself.
+"""Is a candidate the child's ancestor? Evidence from the candidate set itself.
+
+The weights ask whether a candidate lies on the child's path to every other candidate
+(``betweenness``, below): an ancestor does, a sibling, a cousin or a stranger does not. The
+spectra, which strangers can share, ask how much of a star's path the child shares with a
+candidate, against a null; that machinery follows.
 
 Models fine-tuned from one root sit, in weight space, around that root like the leaves of a star:
 fine-tuning displacements of different tasks are nearly orthogonal in high dimension, so the
@@ -82,13 +87,20 @@ class Separation:
     def best(self) -> int:
         return int(np.argmax(self.relatedness))
 
-    def to_dict(self) -> dict:
+    def to_dict(self, names: list[str]) -> dict:
+        """The view's figures for a result: per candidate (by ``names``, in order) its
+        relatedness, hub ratio and betweenness; the null; how far outside the family the
+        child lies."""
+
+        def by_name(values: list[float]) -> dict[str, float]:
+            return {n: round(v, 4) for n, v in zip(names, values, strict=True)}
+
         return {
-            "relatedness": [round(v, 4) for v in self.relatedness],
+            "relatedness": by_name(self.relatedness),
+            "hubs": by_name(self.hubs),
+            "betweenness": by_name(self.betweenness),
             "null": [round(v, 4) for v in self.null],
             "unrelated": round(self.unrelated, 3),
-            "hubs": [round(v, 4) for v in self.hubs],
-            "betweenness": [round(v, 4) for v in self.betweenness],
         }
 
 
