@@ -338,3 +338,17 @@ def test_train_universal_and_leave_one_family_out(tmp_path):
     assert set(results["cnn"]["splits"]) == {"standard", "orphans", "kinship"}
     with pytest.raises(Exception, match="no other family"):
         bench.leave_one_family_out({"mlp": zoos["mlp"]}, {"mlp": zoos["mlp"]}, epochs=1)
+
+
+def test_the_benchmark_trains_the_detector_with_its_own_probes(tmp_path):
+    """``lineage bench --probes N`` reaches the detector's features, not only the methods'."""
+    from app.bench.run import train_universal_detector
+
+    zoos = [
+        _mini_zoo(tmp_path / "mlp", "mlp", MLP, 0),
+        _mini_zoo(tmp_path / "cnn", "cnn", TINY_CNN_CONFIG, 1),
+    ]
+    options = {"device": "cpu", "probes": PROBES + 3}
+    report = train_universal_detector(zoos, tmp_path, options, 1, lambda _: None)
+    assert report["record"]["probes"] == PROBES + 3
+    assert set(report["leave_one_family_out"]) == {"mlp", "cnn"}

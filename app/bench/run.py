@@ -299,8 +299,14 @@ def train_universal_detector(
     by_family: dict[str, list[Path]] = {}
     for zoo in zoos:
         by_family.setdefault(read_manifest(zoo)["family"], []).append(zoo)
-    # Each zoo's queries are read once, for the shipped fit and the held-out ones alike.
-    kwargs = {"log": log, "cache": {}} | ({} if epochs is None else {"epochs": epochs})
+    # Each zoo's queries are read once, for the shipped fit and the held-out ones alike, on the
+    # benchmark's device and with its probes.
+    kwargs = {
+        "log": log,
+        "cache": {},
+        "device": options["device"],
+        "num_probes": options["probes"],
+    } | ({} if epochs is None else {"epochs": epochs})
     log("training the universal detector on every family (shipped checkpoint)")
     record = train_universal(zoos, into / CHECKPOINT_NAME, **kwargs)
     evaluation = {}
