@@ -9,6 +9,7 @@ from contextlib import closing
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from app.bench import speed
@@ -185,3 +186,17 @@ def test_bench_keeps_its_short_form(tmp_path):
     result = runner.invoke(cli, ["bench", str(tmp_path / "file.txt")])
     assert result.exit_code == 2
     assert re.search(r"is not a folder", result.output)
+
+
+def test_the_reference_baseline_computes_what_taylor_l2_computes(tmp_path, monkeypatch):
+    """The speed section's baseline (the reference's approach, written here) and ``taylor-l2`` in
+    both of its timed forms score the same pair alike: the rows time the same quantity."""
+    tiny = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 64}
+    monkeypatch.setitem(speed.CONFIGS, "gpt2-tiny", tiny)
+    child, (parent,) = speed.build_family(tmp_path, "gpt2-tiny", 1, lambda _: None)
+    rows = speed.taylor_against_reference(child, parent, 2, "cpu")
+    assert len(rows) == 3
+    engine, in_a_job, reference = (measured.value for _, measured in rows)
+    assert engine.candidates[0].score == pytest.approx(reference, rel=1e-4)
+    assert in_a_job.candidates[0].score == pytest.approx(reference, rel=1e-4)
+    assert all(measured.seconds > 0 for _, measured in rows)

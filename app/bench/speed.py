@@ -55,6 +55,7 @@ from app.engine.model_files import (
     load_model,
     save_model,
 )
+from app.engine.stored_outputs import save_outputs
 from app.engine.training import initial_state, noisy_copy
 from app.engine.weightspace import save_statistics
 
@@ -208,6 +209,7 @@ def _store(folder: Path, name: str, state: dict, config: dict, sharded: bool) ->
         save_model(folder, state, config)
     model = load_model(folder, name, check_finite=False)
     save_statistics(model, folder)  # as registration does
+    save_outputs(model, folder)
     return Stored(folder, name, model.sha256)
 
 
@@ -279,29 +281,81 @@ def reference_taylor_l2(parent, child, x: torch.Tensor, alpha: float) -> float:
         return float(l2_similarity(f_p.detach(), f_c)) + alpha * float(correction)
 
 
-def _reference_row(child: Stored, parent: Stored, repeats: int) -> Measured:
+def _reference_run(child: Stored, parent: Stored, device: str) -> Callable[[], float]:
+    """A call of the reference's approach on the pair, from the files: both models' weights
+    into modules built once beforehand (as the engine's networks are), then the passes."""
     import transformers
 
+    from app.engine.architectures import network_for
     from app.engine.calibration import taylor_alpha
-    from app.engine.methods import network_for
     from app.engine.probes import probe_inputs
 
     config = json.loads((parent.folder / "config.json").read_text())
     hf = transformers.AutoConfig.for_model(**config)
-    x = probe_inputs(network_for(config))
+    x = probe_inputs(network_for(config), device=device)
+    modules = [
+        transformers.AutoModel.from_config(hf, attn_implementation="eager").to(device).eval()
+        for _ in range(2)
+    ]
 
-    def module(stored: Stored):
-        model = transformers.AutoModel.from_config(hf, attn_implementation="eager")
+    def load(module, stored: Stored):
         weights = stored.open().weights
-        model.load_state_dict({n: weights[n].float() for n in weights}, strict=False)
-        return model.eval()
+        module.load_state_dict({n: weights[n].to(device, torch.float32) for n in weights}, False)
+        return module
+
+    def run() -> float:
+        parent_module, child_module = load(modules[0], parent), load(modules[1], child)
+        return reference_taylor_l2(parent_module, child_module, x, taylor_alpha("l2"))
+
+    return run
+
+
+def _in_a_job(child: Stored, parent: Stored, device: str) -> Callable[[], object]:
+    """``taylor-l2`` on the pair as one candidate of a job whose child is already open and whose
+    f_c is computed (once per job, whatever the number of candidates)."""
+    opened = child.open()
+    rank_candidates(opened, [parent.open()], "taylor-l2", device=device)  # f_c now cached
 
     def run():
-        # from the files, as the engine's row: weights into both modules, then the pass
-        return reference_taylor_l2(module(parent), module(child), x, taylor_alpha("l2"))
+        return rank_candidates(opened, [parent.open()], "taylor-l2", device=device)
 
-    run()  # warm-up
-    return measure(run, repeats)
+    return run
+
+
+def taylor_against_reference(
+    child: Stored, parent: Stored, repeats: int, device: str
+) -> list[tuple[str, Measured]]:
+    """``taylor-l2`` as ``lineage detect`` runs it, the same as a job's k-th candidate, and the
+    reference's approach, on the same pair, run in turn ``repeats`` times after a warm-up each
+    (so that drift in the machine's speed falls on all three alike); medians, largest peaks."""
+    runs = {
+        "`taylor-l2` (one VJP), a job of this one candidate": _timed_ranking(
+            child, [parent], "taylor-l2", device
+        ),
+        "`taylor-l2`, one more candidate of a job (f_c computed once per job)": _in_a_job(
+            child, parent, device
+        ),
+        "reference approach to `taylor-l2` (autograd, one backward)": _reference_run(
+            child, parent, device
+        ),
+    }
+    for run in runs.values():
+        run()  # warm-up
+    taken: dict[str, list[Measured]] = {label: [] for label in runs}
+    for _ in range(repeats):
+        for label, run in runs.items():
+            taken[label].append(measure(run))
+    return [
+        (
+            label,
+            Measured(
+                statistics.median(m.seconds for m in results),
+                max((m.peak_mb for m in results if m.peak_mb is not None), default=None),
+                results[-1].value,
+            ),
+        )
+        for label, results in taken.items()
+    ]
 
 
 # --- sections -----------------------------------------------------------------------------------
@@ -355,15 +409,17 @@ def _pair_rows(
     dtype = f" ({', '.join(sorted(stored)).lower()})"
     methods = WEIGHT_METHODS if size in WEIGHT_ONLY else PAIR_METHODS
     rows = [("floor: read both models' weights once", measure(_floor([child, parent]), repeats))]
+    compared = size == "gpt2-small"  # taylor-l2 is timed in turn with the reference's approach
     for method in methods:
+        if compared and method == "taylor-l2":
+            continue
         log(f"{size}: {method}")
         run = _timed_ranking(child, [parent], method, device)
         run()  # warm-up (lazy imports, the network's cache)
         rows.append((f"`{method}`", measure(run, repeats)))
-    if size == "gpt2-small":
-        log(f"{size}: the reference's Taylor approach")
-        reference = _reference_row(child, parent, repeats)
-        rows.append(("reference approach to `taylor-l2` (autograd, one backward)", reference))
+    if compared:
+        log(f"{size}: taylor-l2 and the reference's approach, in turn")
+        rows += taylor_against_reference(child, parent, max(repeats, 5), device)
     return [
         f"| {size}{dtype} | {label} | {largest / 2**20:,.1f} MB | {method} | "
         f"{result.seconds:.3f} | {_mb(result.peak_mb)} |"

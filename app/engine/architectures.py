@@ -15,10 +15,12 @@ of the same architecture and the linearisation can differentiate with respect to
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -299,6 +301,18 @@ def build_network(config: dict | None, device: torch.device | str = "cpu") -> Ne
     network.module.to(device).eval()
     network._init_state = {k: v.detach() for k, v in network.module.state_dict().items()}
     return network
+
+
+@lru_cache(maxsize=8)
+def _network(config_json: str, device: str) -> Network:
+    return build_network(json.loads(config_json), device)
+
+
+def network_for(config: dict | None, device: torch.device | str = "cpu") -> Network:
+    """The (cached) module for a config; modules hold no weights of their own that matter."""
+    if not config:
+        raise InvalidConfig("no config.json: the architecture is unknown")
+    return _network(json.dumps(config, sort_keys=True), str(device))
 
 
 # Function-space methods on a ``transformers`` model of more parameters than this work on a

@@ -17,7 +17,7 @@ Only parameters move; buffers (BatchNorm statistics) stay the parent's.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch.func import jvp, vjp
@@ -56,6 +56,39 @@ def parameter_delta(
     return delta
 
 
+class LazyDelta(Mapping[str, torch.Tensor]):
+    """``parameter_delta``'s values made one tensor at a time when asked for, and not kept: a
+    sum over Δθ (``taylor_term``'s correction) then holds no third copy of the model."""
+
+    def __init__(
+        self,
+        network: Network,
+        parent_state: dict[str, torch.Tensor],
+        child_state: dict[str, torch.Tensor],
+        use_head: bool,
+    ):
+        self.network, self.parent, self.child, self.use_head = (
+            network,
+            parent_state,
+            child_state,
+            use_head,
+        )
+        self.names = network.param_names
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.parent or name not in self.names:
+            raise KeyError(name)
+        if not self.use_head and name in self.network.head:
+            return torch.zeros_like(self.parent[name])
+        return self.child[name] - self.parent[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
 def jacobian_delta(
     network: Network,
     parent_state: dict[str, torch.Tensor],
@@ -84,7 +117,7 @@ def linearized_outputs(
 def taylor_term(
     network: Network,
     parent_state: dict[str, torch.Tensor],
-    delta: dict[str, torch.Tensor],
+    delta: Mapping[str, torch.Tensor],
     x: torch.Tensor,
     f_c: torch.Tensor,
     use_head: bool,

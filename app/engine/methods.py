@@ -26,38 +26,32 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cached_property, lru_cache
+from functools import cached_property
 
 import torch
 
-from app.engine import adapters, weightspace
+from app.engine import adapters, stored_outputs, weightspace
 from app.engine.architectures import (
     Network,
     Subnetwork,
-    build_network,
     child_state,
     function_subnetwork,
+    network_for,
     pair_head_fits,
     pair_states,
 )
 from app.engine.calibration import taylor_alpha
 from app.engine.errors import IncompatibleModels, InvalidConfig, UnknownMethod
-from app.engine.linearize import jacobian_delta, parameter_delta, taylor_term, taylor_terms
+from app.engine.linearize import (
+    LazyDelta,
+    jacobian_delta,
+    parameter_delta,
+    taylor_term,
+    taylor_terms,
+)
 from app.engine.metrics import SIMILARITIES, SIMILARITY_GRADIENTS
 from app.engine.model_files import LoadedModel
 from app.engine.probes import DEFAULT_NUM_PROBES, DEFAULT_PROBE_SEED, probe_inputs
-
-
-@lru_cache(maxsize=8)
-def _network(config_json: str, device: str) -> Network:
-    return build_network(json.loads(config_json), device)
-
-
-def network_for(config: dict | None, device: torch.device | str = "cpu") -> Network:
-    """The (cached) module for a config; modules hold no weights of their own that matter."""
-    if not config:
-        raise InvalidConfig("no config.json: the architecture is unknown")
-    return _network(json.dumps(config, sort_keys=True), str(device))
 
 
 @dataclass
@@ -171,10 +165,20 @@ class PairContext:
         f_p, j_delta = self.jacobian_delta
         return f_p, f_p + j_delta
 
+    def stored_parent_output(self) -> torch.Tensor | None:
+        """f_p as registration stored it (``stored_outputs``) for this pair's network, head
+        choice and probes, on the pair's device; None when it was not stored."""
+        name = stored_outputs.output_name(self.network.config, self.use_head, self.probes)
+        stored = stored_outputs.stored_output(self.parent, name)
+        return None if stored is None else stored.to(self.device)
+
     @cached_property
     def parent_output(self) -> torch.Tensor:
         if "jacobian_delta" in self.__dict__:  # the JVP already gave f_p
             return self.jacobian_delta[0]
+        stored = self.stored_parent_output()
+        if stored is not None:  # computed once, at registration: no forward pass, no state
+            return stored
         parent_state, _, use_head = self.states
         with torch.no_grad():
             return self.network.output(parent_state, self.probes, use_head)  # (N, K)
@@ -195,11 +199,15 @@ class PairContext:
             return self._taylor_single[similarity]
         if "jacobian_delta" in self.__dict__:
             return self.taylor_terms[similarity]
-        parent_state, _, use_head = self.states
+        parent_state, child_state, use_head = self.states
+        # Δθ made tensor by tensor as the correction sums it, unless the pair already holds it
+        delta = self.__dict__.get("delta") or LazyDelta(
+            self.network, parent_state, child_state, use_head
+        )
         self._taylor_single[similarity] = taylor_term(
             self.network,
             parent_state,
-            self.delta,
+            delta,
             self.probes,
             self.child_output,
             use_head,
@@ -222,7 +230,8 @@ FUNCTION_BATCH_BYTES = 1 << 30
 def batch_parent_outputs(contexts: list[PairContext], max_bytes: int = FUNCTION_BATCH_BYTES) -> int:
     """Batched scoring in function space: f_p on the probes for many candidates of one child in
     vectorised forward passes (``torch.func.vmap`` over their stacked states), left in each
-    context's ``parent_output``, instead of one pass per candidate.
+    context's ``parent_output``, instead of one pass per candidate. A candidate whose f_p
+    registration stored (``stored_outputs``) gets it from there and runs nothing.
 
     Contexts are grouped by network and head use; a group is split into chunks whose stacked
     states fit ``max_bytes``. A context whose states cannot be built is left alone (scoring it
@@ -233,7 +242,11 @@ def batch_parent_outputs(contexts: list[PairContext], max_bytes: int = FUNCTION_
     for ctx in contexts:
         try:
             key = (id(ctx.network), ctx.use_head)  # from the headers: nothing read yet
+            stored = ctx.stored_parent_output()
         except (IncompatibleModels, InvalidConfig):
+            continue
+        if stored is not None:  # registration computed it: nothing to run
+            ctx.__dict__["parent_output"] = stored
             continue
         groups.setdefault(key, []).append(ctx)
     filled = 0

@@ -59,11 +59,11 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from app.engine.architectures import model_state
+from app.engine.architectures import model_state, network_for
 from app.engine.errors import LineageError
-from app.engine.methods import network_for
 from app.engine.model_files import LoadedModel
 from app.engine.probes import probe_inputs
+from app.engine.stored_outputs import output_name, stored_output
 from app.engine.weightspace import invariant_statistics
 
 SKETCH_DIM = 32
@@ -137,15 +137,20 @@ def output_features(
     forward pass without gradients. Raises ``LineageError`` when the network cannot be built or
     does not fit the weights."""
     network = network_for(model.config, device)
-    # Read tensor by tensor into the state alone: the model keeps no float32 copy of itself.
-    state, _ = model_state(network, model, device, keep=False)
     probes = probe_inputs(network, device=device)
-    with torch.no_grad():
-        if network.family == "transformers":
-            hidden = network.output(state, probes)  # (N, L·H): L tokens or image patches
-            width = int(network.module.config.hidden_size)
-            return hidden.reshape(-1, width).double(), probes
-        return network.output(state, probes, use_head=False).double(), probes
+    transformers = network.family == "transformers"
+    # (N, L·H) for transformers: L tokens or image patches; the features for the others
+    use_head = transformers
+    output = stored_output(model, output_name(network.config, use_head, probes))
+    if output is None:  # not stored at registration: one forward pass
+        # Read tensor by tensor into the state alone: the model keeps no float32 copy of itself.
+        state, _ = model_state(network, model, device, keep=False)
+        with torch.no_grad():
+            output = network.output(state, probes, use_head)
+    output = output.to(device).double()
+    if transformers:
+        return output.reshape(-1, int(network.module.config.hidden_size)), probes
+    return output, probes
 
 
 def output_sketch(

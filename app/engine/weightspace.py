@@ -158,11 +158,28 @@ def _squared_distances(stacked: torch.Tensor, mine: torch.Tensor) -> torch.Tenso
     return total.cpu()
 
 
+def _difference_gram(stacked: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
+    """G_ij = (row_i − mine)·(row_j − mine), (K, K) float64 on the CPU, whose diagonal is
+    ``_squared_distances``; ``stacked`` is overwritten with the differences, chunk by chunk, each
+    chunk's product taken while it is still in cache (one pass over the block)."""
+    rows = stacked.shape[0]
+    total = torch.zeros(rows, rows, dtype=torch.float64, device=stacked.device)
+    for begin in range(0, stacked.shape[1], CHUNK):
+        part = stacked[:, begin : begin + CHUNK].sub_(mine[begin : begin + CHUNK])
+        total += (part @ part.T).double()
+    return total.cpu()
+
+
 def stored_squared_norm(model: LoadedModel, name: str) -> float | None:
     """‖θ^name‖² from the statistics registration stored (Σσ² = ‖W‖²_F; Σv² of the sorted
-    values), or None where the model has none loaded."""
+    values), or None where the model has none loaded; summed once per model and tensor."""
     statistics = model.cache.get("spectrum", {}).get(name)
-    return None if statistics is None else float(statistics.pow(2).sum())
+    if statistics is None:
+        return None
+    sums = model.cache.setdefault("squared_norm", {})
+    if name not in sums:
+        sums[name] = float(statistics.pow(2).sum())
+    return sums[name]
 
 
 def weight_evidence(
@@ -200,13 +217,15 @@ def weight_pass(
     element is read once.
     The next step's blocks are read by a second thread meanwhile. Nothing else is held: memory
     is bounded by two buffers of ``block_budget`` float32 elements, not by the models' or the
-    largest tensor's size. Sums are float32 within a block and float64 across blocks. One
-    candidate alone is the one-by-one path; it computes the same sums in the same order.
+    largest tensor's size. Sums are float32 within a chunk of ``CHUNK`` columns and float64
+    across chunks. One candidate alone is the one-by-one path.
 
     With ``outward``, the third value is the (K+1)×(K+1) matrix of squared distances among
     [child, candidates...] over the tensors every candidate shares with the child, running
-    statistics left out (``is_data_statistic``); from the Gram matrix of the differences
-    θ_k − θ_c, one small product per block. Else None.
+    statistics left out (``is_data_statistic``), and the outward ratios come from the same
+    numbers: the Gram matrix of the differences d_k = θ_k − θ_c, one small product per chunk
+    taken as the differences are made (its diagonal is then the distances to the child). Else
+    None.
     """
     matches = [{c: p for p, c in matched_tensors(k, child)} for k in candidates]
     count = len(candidates)
@@ -214,9 +233,8 @@ def weight_pass(
     parent_squared = torch.zeros(count, dtype=torch.float64)
     cosines = torch.zeros(count, dtype=torch.float64)
     tensors = torch.zeros(count, dtype=torch.float64)
-    spread = torch.zeros(count, dtype=torch.float64)  # Σ ‖θ_k − θ̄‖² over shared tensors
-    child_spread = 0.0
     gram = torch.zeros(count, count, dtype=torch.float64)  # Σ (θ_i − θ_c)·(θ_j − θ_c), shared
+    data_gram = torch.zeros(count, count, dtype=torch.float64)  # the same, running statistics
     steps = _steps(child, matches, outward, block_budget)
     size = max(((len(s.members) + 1) * (s.end - s.begin) for s in steps), default=0)
     reader = _Reader(candidates, child, matches, size)
@@ -239,14 +257,15 @@ def weight_pass(
                 if value is None:  # no stored statistics: the norm from this block
                     p_sq[row] += float(torch.linalg.vector_norm(stacked[row])) ** 2
             c_sq += float(torch.linalg.vector_norm(mine)) ** 2
-            d_sq += _squared_distances(stacked, mine)  # stacked now holds θ_k − θ_c
-            if step.shared:
-                # θ_k − θ̄ = d_k − d̄ and θ_c − θ̄ = −d̄, with d_k = θ_k − θ_c
-                if not is_data_statistic(step.name):
-                    gram += (stacked @ stacked.T).double().cpu()
-                centre = stacked.mean(0)
-                child_spread += float(torch.linalg.vector_norm(centre)) ** 2
-                spread += _squared_distances(stacked, centre)
+            if step.shared:  # d_k = θ_k − θ_c and their products, in one pass
+                block_gram = _difference_gram(stacked, mine)
+                d_sq += block_gram.diagonal()
+                if is_data_statistic(step.name):
+                    data_gram += block_gram
+                else:
+                    gram += block_gram
+            else:
+                d_sq += _squared_distances(stacked, mine)
             if step.last:
                 index = torch.tensor(step.members)
                 squared[index] += d_sq
@@ -269,6 +288,11 @@ def weight_pass(
     ]
     ratios = squared_matrix = None
     if outward:
+        # θ_k − θ̄ = d_k − d̄ and θ_c − θ̄ = −d̄ (d̄ the mean of the d_k), over every shared
+        # tensor: ‖θ_c − θ̄‖² = mean(G) and ‖θ_k − θ̄‖² = G_kk − 2·mean_j G_kj + mean(G)
+        whole = gram + data_gram
+        child_spread = float(whole.mean())
+        spread = whole.diagonal() - 2 * whole.mean(1) + child_spread
         floor = 1e-30
         ratios = [
             0.5 * (np.log(max(float(s), floor)) - np.log(max(child_spread, floor))) for s in spread
@@ -434,6 +458,16 @@ def save_statistics(model: LoadedModel, folder: Path, device: torch.device | str
     return target
 
 
+def stored_for(model: LoadedModel, folder: Path, tag: str | None) -> bool:
+    """Whether what ``folder`` stores under ``tag`` (the SHA-256 it was derived from) belongs to
+    ``model``'s weights: the tag is the model's SHA-256, or, for a model opened from ``folder``
+    itself, the folder's name (storage names each folder by its weights' SHA-256)."""
+    if tag is None:
+        return False
+    own_folder = Path(model.path).resolve() == Path(folder).resolve()
+    return tag == model.sha256 or (own_folder and tag == Path(folder).name)
+
+
 def load_statistics(model: LoadedModel, folder: Path) -> bool:
     """Put the statistics stored in ``folder`` by ``save_statistics`` into ``model``'s cache, so
     ``invariant_statistics`` reads them instead of computing them; False (and nothing loaded)
@@ -449,9 +483,7 @@ def load_statistics(model: LoadedModel, folder: Path) -> bool:
     try:
         with safe_open(path, framework="pt") as stored:
             metadata = stored.metadata() or {}
-            tag = metadata.get("sha256")
-            own_folder = Path(model.path).resolve() == folder.resolve()
-            if tag != model.sha256 and not (own_folder and tag == folder.name):
+            if not stored_for(model, folder, metadata.get("sha256")):
                 return False
             if metadata.get("version") != STATISTICS_VERSION:
                 return False

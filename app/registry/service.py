@@ -104,7 +104,9 @@ def ingest(
     else:
         staging = stage_upload(settings.storage_dir, source.files, settings.max_model_bytes)
     declared = declared_parents(staging)
-    folder, loaded, fresh = commit_staged(settings.storage_dir, staging, settings.max_model_bytes)
+    folder, loaded, fresh = commit_staged(
+        settings.storage_dir, staging, settings.max_model_bytes, settings.device
+    )
     if fresh:  # stored by this request: the sweeper's until the row commits
         after_commit(session, partial(mark_committed, folder))
     try:

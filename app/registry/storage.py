@@ -30,6 +30,7 @@ from typing import BinaryIO
 from app.engine.architectures import open_model, open_trusted
 from app.engine.errors import ModelTooLarge
 from app.engine.model_files import PICKLE_SUFFIXES, LoadedModel, refuse_pickle
+from app.engine.stored_outputs import OUTPUTS_FILE, save_outputs
 from app.engine.weightspace import STATISTICS_FILE, save_statistics
 from app.registry.errors import UploadRefused
 
@@ -97,29 +98,35 @@ def _is_model_file(name: str) -> bool:
 
 
 def commit_staged(
-    storage_dir: Path, staging: Path, max_bytes: int
+    storage_dir: Path, staging: Path, max_bytes: int, device: str = "cpu"
 ) -> tuple[Path, LoadedModel, bool]:
-    """Validate a staged model with the engine, compute its weight statistics once, and move it
+    """Validate a staged model with the engine, compute what jobs need of it once, and move it
     to its content address.
 
     Returns (final folder, model opened from it, whether this call stored it: False when the same
-    weights were already there). Validation errors remove the staging folder. The statistics
-    (``weightspace.save_statistics``) travel with the files in the same rename, so every stored
-    model has them and no job recomputes them; weights already stored with theirs are not
-    summarised again. The model returned is opened trusted.
+    weights were already there). Validation errors remove the staging folder. The weight
+    statistics (``weightspace.save_statistics``) and the outputs on the default probes
+    (``stored_outputs.save_outputs``, for a model whose config the engine builds), computed on
+    ``device``, travel with the files in the same rename, so no job recomputes them; weights
+    already stored with theirs are not summarised again. The model returned is opened trusted.
     """
     with _in_use(staging):  # validation and statistics of a large model take a while
-        return _commit_staged(storage_dir, staging, max_bytes)
+        return _commit_staged(storage_dir, staging, max_bytes, device)
+
+
+DERIVED_FILES = (STATISTICS_FILE, OUTPUTS_FILE)
 
 
 def _commit_staged(
-    storage_dir: Path, staging: Path, max_bytes: int
+    storage_dir: Path, staging: Path, max_bytes: int, device: str
 ) -> tuple[Path, LoadedModel, bool]:
     try:
         model = open_model(staging, staging.name, max_bytes=max_bytes)
         final = storage_dir / "models" / model.sha256
         if not (final / STATISTICS_FILE).is_file():  # weights stored already keep theirs
-            save_statistics(model, staging)
+            save_statistics(model, staging, device)
+        if not (final / OUTPUTS_FILE).is_file():
+            save_outputs(model, staging, device)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -133,10 +140,12 @@ def _commit_staged(
         if not final.is_dir():
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        # The same weights are already stored; one stored before statistics existed gets them.
-        if not (final / STATISTICS_FILE).is_file():
-            (final / STATISTICS_FILE).parent.mkdir(exist_ok=True)
-            os.replace(staging / STATISTICS_FILE, final / STATISTICS_FILE)
+        # The same weights are already stored; one stored before statistics or outputs existed
+        # gets them.
+        for derived in DERIVED_FILES:
+            if not (final / derived).is_file() and (staging / derived).is_file():
+                (final / derived).parent.mkdir(exist_ok=True)
+                os.replace(staging / derived, final / derived)
         shutil.rmtree(staging, ignore_errors=True)
         os.utime(final)  # in use again: not stale for the sweeper while this row commits
         fresh = False
