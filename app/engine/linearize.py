@@ -133,6 +133,7 @@ def taylor_term(
     f_p = f_p.detach()
     pi = SIMILARITY_GRADIENTS[similarity](f_p - f_c)  # (N, K)
     (grads,) = pullback(pi)
+    # Δθ made here one tensor at a time when ``delta`` is lazy (``LazyDelta``)
     correction = sum((grads[n] * delta[n]).sum() for n in params)
     return float(SIMILARITIES[similarity](f_p, f_c)), float(correction)
 
