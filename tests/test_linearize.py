@@ -321,28 +321,23 @@ def test_every_method_through_pair_context(tmp_path, arch):
 
 
 class _PassCounter:
-    """Counts the engine's VJPs (``vjp`` calls and pullbacks run) and JVPs, by wrapping the
-    ``torch.func`` functions that ``linearize`` calls."""
+    """Counts the engine's VJPs (backward passes of ``linearize._pullback``) and JVPs, by
+    wrapping what ``linearize`` calls."""
 
     def __init__(self, monkeypatch):
         self.vjps = self.pullbacks = self.jvps = 0
-        real_vjp, real_jvp = linearize.vjp, linearize.jvp
+        real_pullback, real_jvp = linearize._pullback, linearize.jvp
 
-        def counting_vjp(*args, **kwargs):
+        def counting_pullback(*args, **kwargs):
             self.vjps += 1
-            output, pullback = real_vjp(*args, **kwargs)
-
-            def counting_pullback(*a, **k):
-                self.pullbacks += 1
-                return pullback(*a, **k)
-
-            return output, counting_pullback
+            self.pullbacks += 1
+            return real_pullback(*args, **kwargs)
 
         def counting_jvp(*args, **kwargs):
             self.jvps += 1
             return real_jvp(*args, **kwargs)
 
-        monkeypatch.setattr(linearize, "vjp", counting_vjp)
+        monkeypatch.setattr(linearize, "_pullback", counting_pullback)
         monkeypatch.setattr(linearize, "jvp", counting_jvp)
 
     @property

@@ -610,3 +610,33 @@ def test_file_without_tensors_has_no_weights(tmp_path):
     path = write_raw(tmp_path / "empty.safetensors", {"__metadata__": {"format": "pt"}})
     with pytest.raises(NoWeights, match="holds no tensors"):
         load_model(path)
+
+
+def test_mapped_tensors_equal_read_ones_and_stay_the_callers(tmp_path):
+    """A trusted model's large tensors are copy-on-write maps of the file: the same values as a
+    read, each value its caller's own (writing to one changes neither the file nor another
+    value), alive after the model is gone; small ones are read as before."""
+    state = {
+        "big": torch.randn(600, 600),  # 1.4 MB: mapped
+        "half": torch.randn(1000, 700).to(torch.bfloat16),
+        "odd": torch.randn(3).to(torch.float16),
+        "after": torch.randn(400, 700),
+        "small": torch.randn(4),
+    }
+    folder = save_model(tmp_path / "m", state, None)
+    before = (folder / "model.safetensors").read_bytes()
+    mapped = load_model(folder, mapped=True)
+    read = load_model(folder)
+    assert mapped.weights.mapped and not read.weights.mapped
+    for name in state:
+        assert torch.equal(mapped.weights[name], read.weights[name]), name
+        assert mapped.weights[name].dtype == state[name].dtype
+    first = mapped.weights["big"]
+    assert mapped.weights._map("big") is not None
+    assert mapped.weights._map("small") is None  # below MAP_MIN_BYTES: read
+    first.mul_(0)
+    assert torch.equal(mapped.weights["big"], state["big"])  # another value, untouched
+    assert (folder / "model.safetensors").read_bytes() == before  # and the file too
+    second = mapped.weights["half"]
+    del mapped
+    assert torch.equal(second, state["half"])  # the map lives as long as the tensor

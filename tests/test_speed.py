@@ -195,8 +195,9 @@ def test_the_reference_baseline_computes_what_taylor_l2_computes(tmp_path, monke
     monkeypatch.setitem(speed.CONFIGS, "gpt2-tiny", tiny)
     child, (parent,) = speed.build_family(tmp_path, "gpt2-tiny", 1, lambda _: None)
     rows = speed.taylor_against_reference(child, parent, 2, "cpu")
-    assert len(rows) == 3
-    engine, in_a_job, reference = (measured.value for _, measured in rows)
+    assert len(rows) == 4
+    engine, in_a_job, reference, built = (measured.value for _, measured in rows)
     assert engine.candidates[0].score == pytest.approx(reference, rel=1e-4)
     assert in_a_job.candidates[0].score == pytest.approx(reference, rel=1e-4)
+    assert built == pytest.approx(reference, rel=1e-6)
     assert all(measured.seconds > 0 for _, measured in rows)

@@ -281,9 +281,13 @@ def reference_taylor_l2(parent, child, x: torch.Tensor, alpha: float) -> float:
         return float(l2_similarity(f_p.detach(), f_c)) + alpha * float(correction)
 
 
-def _reference_run(child: Stored, parent: Stored, device: str) -> Callable[[], float]:
+def _reference_run(
+    child: Stored, parent: Stored, device: str, build_per_pair: bool = False
+) -> Callable[[], float]:
     """A call of the reference's approach on the pair, from the files: both models' weights
-    into modules built once beforehand (as the engine's networks are), then the passes."""
+    into modules built once beforehand (as the engine's networks are), then the passes. With
+    ``build_per_pair``, the modules are built (and initialised) in each call, as the reference's
+    own script does for every model it compares (``get_model``: build, then load)."""
     import transformers
 
     from app.engine.architectures import network_for
@@ -293,10 +297,11 @@ def _reference_run(child: Stored, parent: Stored, device: str) -> Callable[[], f
     config = json.loads((parent.folder / "config.json").read_text())
     hf = transformers.AutoConfig.for_model(**config)
     x = probe_inputs(network_for(config), device=device)
-    modules = [
-        transformers.AutoModel.from_config(hf, attn_implementation="eager").to(device).eval()
-        for _ in range(2)
-    ]
+
+    def build():
+        return transformers.AutoModel.from_config(hf, attn_implementation="eager").to(device).eval()
+
+    modules = [] if build_per_pair else [build(), build()]
 
     def load(module, stored: Stored):
         weights = stored.open().weights
@@ -304,7 +309,8 @@ def _reference_run(child: Stored, parent: Stored, device: str) -> Callable[[], f
         return module
 
     def run() -> float:
-        parent_module, child_module = load(modules[0], parent), load(modules[1], child)
+        parent_module, child_module = modules or [build(), build()]
+        parent_module, child_module = load(parent_module, parent), load(child_module, child)
         return reference_taylor_l2(parent_module, child_module, x, taylor_alpha("l2"))
 
     return run
@@ -335,8 +341,11 @@ def taylor_against_reference(
         "`taylor-l2`, one more candidate of a job (f_c computed once per job)": _in_a_job(
             child, parent, device
         ),
-        "reference approach to `taylor-l2` (autograd, one backward)": _reference_run(
-            child, parent, device
+        "reference approach to `taylor-l2` (autograd, one backward), modules built once": (
+            _reference_run(child, parent, device)
+        ),
+        "reference approach, modules built and initialised per pair as its script does": (
+            _reference_run(child, parent, device, build_per_pair=True)
         ),
     }
     for run in runs.values():

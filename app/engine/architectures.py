@@ -594,10 +594,11 @@ def open_trusted(folder, name: str, sha256: str) -> LoadedModel:
     service's content-addressed storage, whose folder is named by ``sha256`` and never rewritten.
 
     Headers are read again (they locate the tensors), but the weights are neither hashed, nor
-    scanned for NaN, nor fitted to a freshly built network: each of those costs a pass over every
+    scanned for NaN, nor fitted to a freshly built network, and large tensors are memory-mapped
+    rather than read (the files are never rewritten): each of those costs a pass over every
     byte, or a whole model's allocation, per model per job. Statistics stored beside the weights
     at registration (``weightspace.save_statistics``) are loaded into the model's cache.
     """
-    model = load_model(folder, name, check_finite=False, sha256=sha256)
+    model = load_model(folder, name, check_finite=False, sha256=sha256, mapped=True)
     weightspace.load_statistics(model, Path(folder))
     return model

@@ -18,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
 import struct
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -241,16 +243,27 @@ def _check_entry(path: Path, name: str, entry: object, data_len: int, start: int
     return TensorInfo(file=path, dtype=dtype, shape=tuple(shape), offset=start + offsets[0])
 
 
+# Tensors of at least this many bytes are memory-mapped rather than read, where ``mapped``.
+MAP_MIN_BYTES = 1 << 20
+
+
 class LazyWeights(Mapping[str, torch.Tensor]):
     """A read-only mapping name → tensor over one or more safetensors files.
 
     Tensors are read on access, each with a positioned read of its own bytes, so opening a model
     costs only its headers, and a block of a tensor (``read_block``) costs only that block.
     Values come back in their stored dtype on the CPU, each a fresh tensor the caller owns.
+
+    With ``mapped`` (files that are never rewritten: the service's content-addressed storage),
+    a tensor of ``MAP_MIN_BYTES`` or more is instead a private copy-on-write memory map of its
+    bytes: nothing is read, copied or allocated until it is used, its pages are the page
+    cache's, and writing to it changes that tensor's own copy only, never the file or another
+    value. (A file truncated while mapped would fault on access; stored files never are.)
     """
 
-    def __init__(self, infos: dict[str, TensorInfo]):
+    def __init__(self, infos: dict[str, TensorInfo], mapped: bool = False):
         self.infos = infos
+        self.mapped = mapped
         self._files: dict[Path, object] = {}
         self._lock = threading.Lock()
 
@@ -298,7 +311,33 @@ class LazyWeights(Mapping[str, torch.Tensor]):
 
     def __getitem__(self, name: str) -> torch.Tensor:
         info = self.infos[name]
+        mapped = self._map(name) if self.mapped else None
+        if mapped is not None:
+            return mapped.reshape(info.shape)
         return self.read_block(name, 0, info.numel).reshape(info.shape)
+
+    def _map(self, name: str) -> torch.Tensor | None:
+        """Tensor ``name`` (flattened) as a copy-on-write map of the file, or None where it is
+        small, not aligned to its element size, or cannot be mapped (then it is read)."""
+        info = self.infos[name]
+        size = DTYPE_SIZES[info.dtype]
+        length = info.numel * size
+        if length < MAP_MIN_BYTES or info.offset % size or sys.byteorder != "little":
+            return None
+        start = info.offset - info.offset % mmap.ALLOCATIONGRANULARITY
+        try:
+            mapping = mmap.mmap(
+                self._fileno(info.file),
+                info.offset + length - start,
+                access=mmap.ACCESS_COPY,
+                offset=start,
+            )
+        except (OSError, ValueError):
+            return None
+        # The tensor holds the map (released with the tensor's storage).
+        return torch.frombuffer(
+            mapping, dtype=TORCH_DTYPES[info.dtype], count=info.numel, offset=info.offset - start
+        )
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.infos)
@@ -425,6 +464,7 @@ def load_model(
     max_bytes: int = DEFAULT_MAX_MODEL_BYTES,
     check_finite: bool = True,
     sha256: str | None = None,
+    mapped: bool = False,
 ) -> LoadedModel:
     """Open a model folder or ``.safetensors`` file and validate it.
 
@@ -432,7 +472,8 @@ def load_model(
     and agreeing with it, total size under ``max_bytes``, and, with ``check_finite``, every float
     tensor free of NaN and infinity. Identity is the SHA-256 of the weight files' bytes, shards in
     sorted order; a caller that already knows it (content-addressed storage, whose folder is named
-    by it) passes ``sha256`` and the files are not read again to hash them.
+    by it) passes ``sha256`` and the files are not read again to hash them. ``mapped``: large
+    tensors are memory-mapped, not read (``LazyWeights``); only for files never rewritten.
     """
     path = Path(source)
     files, config_path, weight_map = _weight_files(path)
@@ -476,7 +517,7 @@ def load_model(
         config = _parse_config(metadata["config"], f"{files[0].name} __metadata__['config']")
     else:
         config = None
-    weights = LazyWeights(infos)
+    weights = LazyWeights(infos, mapped=mapped)
     if check_finite:
         for tensor_name, info in infos.items():
             if not info.is_float:
