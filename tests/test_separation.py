@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from app.bench.calibrate import SEPARATION_GRID, _judge_all, _verdict_inputs
+from app.engine import separation as views
 from app.engine.separation import (
     HUB,
     NOT_SEPARATED,
@@ -220,3 +221,46 @@ def test_a_stranger_among_the_candidates_is_left_out_of_the_star(family):
         assert sep.hubs[-1] > 10 and min(sep.hubs[:-1]) > 0.3  # no sibling looks like a root
         verdict = judge(_order(sep), {WEIGHTS: sep, SPECTRA: sep}, CONSTANTS)
         assert verdict.named == named and (not named or verdict.index == 0), sep
+
+
+def _null_one_by_one(among: np.ndarray) -> list[float]:
+    """The null by its definition: a star refitted without each candidate in turn."""
+    out = []
+    for held in range(len(among)):
+        rest = [i for i in range(len(among)) if i != held]
+        offsets = views.star_offsets(among[np.ix_(rest, rest)])
+        values, _ = views._relatedness_to(among[held, rest], offsets)
+        out.append(float(values.max()))
+    return out
+
+
+def _betweenness_one_by_one(squared: np.ndarray) -> list[float]:
+    k = len(squared) - 1
+    floor = views.OFFSET_FLOOR
+    return [
+        1.0
+        - float(
+            np.median(
+                [
+                    (squared[0, c] + squared[c, q] - squared[0, q]) / max(squared[c, q], floor)
+                    for q in range(1, k + 1)
+                    if q != c
+                ]
+            )
+        )
+        for c in range(1, k + 1)
+    ]
+
+
+@pytest.mark.parametrize("k", [4, 5, 12, 40])
+def test_vectorised_null_and_betweenness_equal_their_definitions(k):
+    """All leave-one-out stars from one matrix's sums (O(K²), so a catalog scored without a
+    shortlist stays fast), and every candidate's betweenness at once, equal the candidate-by-
+    candidate definitions."""
+    rng = np.random.default_rng(k)
+    points = rng.normal(size=(k + 1, 30)) * rng.uniform(0.1, 3.0, size=(k + 1, 1))
+    squared = ((points[:, None] - points[None]) ** 2).sum(-1)
+    assert views.held_out_null(squared[1:, 1:]) == pytest.approx(
+        _null_one_by_one(squared[1:, 1:]), abs=1e-12
+    )
+    assert views.betweenness(squared) == pytest.approx(_betweenness_one_by_one(squared), abs=1e-12)

@@ -4,19 +4,14 @@ reads them instead of running the candidate's forward pass: the same f_p, the sa
 from __future__ import annotations
 
 import shutil
-from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
-from fastapi.testclient import TestClient
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from app.api.app import create_app
-from app.core.config import Settings
-from app.core.db import migrate
 from app.engine import architectures, stored_outputs
 from app.engine.architectures import open_model
 from app.engine.decision import rank_candidates
@@ -24,8 +19,9 @@ from app.engine.methods import PairContext
 from app.engine.model_files import save_model
 from app.engine.sketch import output_sketch
 from tests.factories import TINY_MLP_CONFIG, tiny_mlp_state
-from tests.keys import ADMIN_HEADERS, TEST_ADMIN_KEY
-from worker.in_process import InProcessDispatcher
+
+# ``client``: the embedded service (a fixture)
+from tests.test_work_once import client, files_of, stored_folder  # noqa: F401
 
 GPT2 = {
     "model_type": "gpt2",
@@ -62,10 +58,21 @@ def stored_copy(source: Path, folder: Path) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def store_every_size(monkeypatch):
+    """The tests' models are tiny: they are stored whatever their size."""
+    monkeypatch.setattr(stored_outputs, "MIN_PARAMETERS", 0)
+
+
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
     """{family: (plain parent folders, the same with stored outputs, child folder)}."""
-    out = tmp_path_factory.mktemp("stored")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stored_outputs, "MIN_PARAMETERS", 0)
+        return _family(tmp_path_factory.mktemp("stored"))
+
+
+def _family(out: Path) -> dict:
     made = {}
     for kind, root, config in (
         ("mlp", tiny_mlp_state(0), TINY_MLP_CONFIG),
@@ -186,16 +193,7 @@ def test_a_large_model_stores_the_outputs_of_its_subnetwork(family, tmp_path, mo
     assert ranking.subnetwork == {"blocks": 2, "of": 4, "parameters": one + per_block}
 
 
-def test_registration_stores_the_outputs_and_a_job_reads_them(tmp_path):
-    url = f"sqlite:///{tmp_path / 'lineage.db'}"
-    migrate(url)
-    settings = Settings(
-        database_url=url,
-        storage_dir=tmp_path / "storage",
-        redis_url=None,
-        lineage_admin_key=TEST_ADMIN_KEY,
-    )
-    app = create_app(settings, partial(InProcessDispatcher, settings=settings))
+def test_registration_stores_the_outputs_and_a_job_reads_them(client, tmp_path):  # noqa: F811
     root = tiny_mlp_state(0)
     sources = {
         "p0": save_model(tmp_path / "p0", moved(root, 0), TINY_MLP_CONFIG),
@@ -203,37 +201,44 @@ def test_registration_stores_the_outputs_and_a_job_reads_them(tmp_path):
         "bare": save_model(tmp_path / "bare", moved(root, 2), None),  # weights only
     }
     child = save_model(tmp_path / "child", moved(moved(root, 1), 9, 0.01), TINY_MLP_CONFIG)
+    for name, source in sources.items():
+        response = client.post("/parents", data={"name": name}, files=files_of(source))
+        assert response.status_code == 201, response.text
+    outputs = {name: stored_folder(client, name) / stored_outputs.OUTPUTS_FILE for name in sources}
+    assert outputs["p0"].is_file()
+    assert not outputs["bare"].exists()  # no config: no function space
 
-    def files(folder: Path) -> list:
-        return [("files", (p.name, p.read_bytes())) for p in sorted(folder.iterdir())]
+    def scores() -> dict[str, float]:
+        response = client.post(
+            "/detect", data={"name": "child", "method": "l2"}, files=files_of(child)
+        )
+        client.app.state.dispatcher.join()
+        job = client.get(f"/jobs/{response.json()['job_id']}").json()
+        assert job["status"] == "succeeded", job
+        return {c["parent"]: c["score"] for c in job["result"]["candidates"]}
 
-    with TestClient(app, headers=ADMIN_HEADERS) as client:
-        folders = {}
-        for name, source in sources.items():
-            response = client.post("/parents", data={"name": name}, files=files(source))
-            assert response.status_code == 201, response.text
-            sha = response.json()["sha256"]
-            folders[name] = settings.storage_dir / "models" / sha
-        assert (folders["p0"] / stored_outputs.OUTPUTS_FILE).is_file()
-        assert not (folders["bare"] / stored_outputs.OUTPUTS_FILE).exists()  # no config
+    before = scores()
+    assert set(before) == {"p0", "p1"}  # the weights-only model has no function space
+    # p0's stored outputs replaced by zeros (same names, same tag): the job reads them.
+    with safe_open(outputs["p0"], framework="pt") as file:
+        zeros = {k: torch.zeros_like(file.get_tensor(k)) for k in file.keys()}  # noqa: SIM118
+        metadata = file.metadata()
+    save_file(zeros, outputs["p0"], metadata=metadata)
+    after = scores()
+    assert after["p1"] == pytest.approx(before["p1"])
+    assert after["p0"] != pytest.approx(before["p0"])
 
-        def scores() -> dict[str, float]:
-            response = client.post(
-                "/detect", data={"name": "child", "method": "l2"}, files=files(child)
-            )
-            client.app.state.dispatcher.join()
-            job = client.get(f"/jobs/{response.json()['job_id']}").json()
-            assert job["status"] == "succeeded", job
-            return {c["parent"]: c["score"] for c in job["result"]["candidates"]}
 
-        before = scores()
-        assert set(before) == {"p0", "p1"}  # the weights-only model has no function space
-        # p0's stored outputs replaced by zeros (same names, same tag): the job reads them.
-        path = folders["p0"] / stored_outputs.OUTPUTS_FILE
-        with safe_open(path, framework="pt") as file:
-            zeros = {k: torch.zeros_like(file.get_tensor(k)) for k in file.keys()}  # noqa: SIM118
-            metadata = file.metadata()
-        save_file(zeros, path, metadata=metadata)
-        after = scores()
-        assert after["p1"] == pytest.approx(before["p1"])
-        assert after["p0"] != pytest.approx(before["p0"])
+def test_small_models_store_nothing(tmp_path, monkeypatch):
+    """Below ``MIN_PARAMETERS`` the forward pass is cheaper than reading a file: nothing is
+    stored, and nothing is looked for."""
+    monkeypatch.setattr(stored_outputs, "MIN_PARAMETERS", 10**6)
+    folder = save_model(tmp_path / "p", tiny_mlp_state(0), TINY_MLP_CONFIG)
+    model = open_model(folder, "p")
+    assert stored_outputs.save_outputs(model, folder) is None
+    assert not (folder / stored_outputs.OUTPUTS_FILE).exists()
+    monkeypatch.setattr(stored_outputs, "MIN_PARAMETERS", 0)
+    stored_outputs.save_outputs(model, folder)
+    monkeypatch.setattr(stored_outputs, "MIN_PARAMETERS", 10**6)
+    child = open_model(save_model(tmp_path / "c", tiny_mlp_state(1), TINY_MLP_CONFIG))
+    assert PairContext(open_model(folder, "p"), child).stored_parent_output() is None

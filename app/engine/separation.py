@@ -135,15 +135,31 @@ def separation(squared: np.ndarray) -> Separation | None:
     relatedness, own = _relatedness_to(squared[0, 1:][members], offsets[members])
     everyone = 1.0 - squared[0, 1:] / (own + np.maximum(offsets, OFFSET_FLOOR))
     everyone[members] = relatedness  # (outsiders: the same a_x, their own offsets)
-    null = []
-    for held in members:
-        rest = [i for i in members if i != held]
-        rest_offsets = star_offsets(among[np.ix_(rest, rest)])
-        values, _ = _relatedness_to(among[held, rest], rest_offsets)
-        null.append(float(values.max()))
+    null = held_out_null(among[np.ix_(members, members)])
     typical = max(float(np.median(np.maximum(offsets[members], 0.0))), OFFSET_FLOOR)
     hubs = [float(max(a, 0.0) / typical) for a in offsets]
     return Separation([float(v) for v in everyone], null, own / typical, hubs, betweenness(squared))
+
+
+def held_out_null(among: np.ndarray) -> list[float]:
+    """For each candidate h of a star's K×K squared distances, its best relatedness to the
+    others (``_relatedness_to``) against the star fitted without it: the null of the view.
+
+    All K leave-one-out stars at once, in O(K²): without h, the row sums are r_i − S_ih and the
+    sum over pairs T − r_h, so ``star_offsets``' closed form gives every held-out fit from the
+    full matrix's sums."""
+    k = len(among)
+    rows = among.sum(1) - np.diag(among)
+    total = rows.sum() / 2
+    # offsets[h, i]: a_i of the star fitted to every candidate but h (its diagonal unused)
+    offsets = ((rows[None, :] - among) - (total - rows)[:, None] / (k - 2)) / (k - 3)
+    others = ~np.eye(k, dtype=bool)
+    distances = among[others].reshape(k, k - 1)  # row h: S_hi over i ≠ h
+    offsets = offsets[others].reshape(k, k - 1)
+    floor = OFFSET_FLOOR * np.maximum(np.abs(offsets).max(1), OFFSET_FLOOR)[:, None]
+    offsets = np.maximum(offsets, floor)
+    own = np.maximum(np.median(distances - offsets, axis=1)[:, None], floor)
+    return [float(v) for v in (1.0 - distances / (own + offsets)).max(1)]
 
 
 def betweenness(squared: np.ndarray) -> list[float]:
@@ -159,15 +175,12 @@ def betweenness(squared: np.ndarray) -> list[float]:
     measured alike, and displacements that all fine-tunes share cancel out."""
     squared = np.asarray(squared, dtype=np.float64)
     k = len(squared) - 1
-    out = []
-    for c in range(1, k + 1):
-        ratios = [
-            (squared[0, c] + squared[c, q] - squared[0, q]) / max(squared[c, q], OFFSET_FLOOR)
-            for q in range(1, k + 1)
-            if q != c
-        ]
-        out.append(1.0 - float(np.median(ratios)))
-    return out
+    child, among = squared[0, 1:], squared[1:, 1:]
+    # ratios[c, q] over q ≠ c, every candidate at once
+    excess = child[:, None] + among - child[None, :]
+    ratios = excess / np.maximum(among, OFFSET_FLOOR)
+    others = ~np.eye(k, dtype=bool)
+    return [float(v) for v in 1.0 - np.median(ratios[others].reshape(k, k - 1), axis=1)]
 
 
 # The views a decision reads, in order: raw weights first; the permutation-blind spectra only

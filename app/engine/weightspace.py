@@ -444,12 +444,18 @@ def save_statistics(model: LoadedModel, folder: Path, device: torch.device | str
     reader never sees half a file. Computed on ``device``."""
     names = [n for n, i in model.weights.infos.items() if i.is_float and 0 not in i.shape]
     tensors = {name: invariant_statistics(model, name, device).contiguous() for name in names}
-    target = folder / STATISTICS_FILE
+    metadata = {"sha256": model.sha256, "version": STATISTICS_VERSION}
+    return save_derived(tensors, folder / STATISTICS_FILE, metadata)
+
+
+def save_derived(tensors: dict[str, torch.Tensor], target: Path, metadata: dict) -> Path:
+    """Write what was derived from a model's weights to ``target`` (safetensors, with
+    ``metadata``), through a temporary file renamed into place: a reader never sees half a
+    file, and a failure leaves nothing behind."""
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".partial")
     os.close(handle)
     try:
-        metadata = {"sha256": model.sha256, "version": STATISTICS_VERSION}
         save_file(tensors, temporary, metadata=metadata)
         os.replace(temporary, target)
     except BaseException:
