@@ -392,7 +392,9 @@ def _weight_distances(
 
 def _output_distances(vectors: np.ndarray, child: Sketch) -> np.ndarray:
     """(B,) distances of candidates' output parts (B, OUTPUT_DIM) to the child's."""
-    return np.sqrt(np.square(vectors - child.outputs).sum(axis=1))
+    difference = vectors - child.outputs
+    np.square(difference, out=difference)
+    return np.sqrt(difference.sum(axis=1))
 
 
 def _as_halves(rows: np.ndarray, tensors: int) -> np.ndarray:
@@ -540,7 +542,7 @@ class SketchIndex:
             matrix = stack.array()
             for begin in range(0, len(rows), self.BATCH):
                 part = slice(begin, begin + self.BATCH)
-                distances[positions[part], :2] = _weight_distances(
+                distances[positions[part], :2] = _weight_distances(  # a copy: written over
                     matrix[rows[part]], alignment, child
                 )
         stack = self._outputs.get(child.outputs_key) if child.outputs is not None else None
@@ -551,8 +553,16 @@ class SketchIndex:
             matrix = stack.array()
             for begin in range(0, len(rows), self.BATCH):  # a batch at a time: stays in cache
                 part = slice(begin, begin + self.BATCH)
-                distances[positions[part], 2] = _output_distances(matrix[rows[part]], child)
+                distances[positions[part], 2] = _output_distances(_take(matrix, rows[part]), child)
         return distances
+
+
+def _take(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``matrix[rows]``: a view, not a copy, when the rows are consecutive (a catalog whose
+    every kept sketch is a candidate, the usual case); for a reader that does not write."""
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and (np.diff(rows) == 1).all():
+        return matrix[rows[0] : rows[-1] + 1]
+    return matrix[rows]
 
 
 def _distances_to_all(child: Sketch, candidates: list[Sketch]) -> np.ndarray:
