@@ -67,12 +67,10 @@ class LazyDelta(Mapping[str, torch.Tensor]):
         child_state: dict[str, torch.Tensor],
         use_head: bool,
     ):
-        self.network, self.parent, self.child, self.use_head = (
-            network,
-            parent_state,
-            child_state,
-            use_head,
-        )
+        self.network = network
+        self.parent = parent_state
+        self.child = child_state
+        self.use_head = use_head
         self.names = network.param_names
 
     def __getitem__(self, name: str) -> torch.Tensor:

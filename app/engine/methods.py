@@ -201,9 +201,10 @@ class PairContext:
             return self.taylor_terms[similarity]
         parent_state, child_state, use_head = self.states
         # Δθ made tensor by tensor as the correction sums it, unless the pair already holds it
-        delta = self.__dict__.get("delta") or LazyDelta(
-            self.network, parent_state, child_state, use_head
-        )
+        if "delta" in self.__dict__:
+            delta = self.delta
+        else:
+            delta = LazyDelta(self.network, parent_state, child_state, use_head)
         self._taylor_single[similarity] = taylor_term(
             self.network,
             parent_state,

@@ -202,7 +202,8 @@ def weight_evidence(
 
 
 _THREADS_LOCK = threading.Lock()
-_THREADS_HELD: list[int] = []  # torch's thread count before the first pass in progress lowered it
+# Passes in progress, and torch's thread count before the first of them lowered it.
+_threads = {"passes": 0, "before": 0}
 
 
 @contextmanager
@@ -215,18 +216,17 @@ def _a_core_for_the_reader(device: torch.device | str) -> Iterator[None]:
         yield
         return
     with _THREADS_LOCK:
-        if not _THREADS_HELD:
-            _THREADS_HELD.append(torch.get_num_threads())
-            torch.set_num_threads(max(1, _THREADS_HELD[0] - 1))
-        else:
-            _THREADS_HELD.append(_THREADS_HELD[0])
+        if not _threads["passes"]:
+            _threads["before"] = torch.get_num_threads()
+            torch.set_num_threads(max(1, _threads["before"] - 1))
+        _threads["passes"] += 1
     try:
         yield
     finally:
         with _THREADS_LOCK:
-            before = _THREADS_HELD.pop()
-            if not _THREADS_HELD:
-                torch.set_num_threads(before)
+            _threads["passes"] -= 1
+            if not _threads["passes"]:
+                torch.set_num_threads(_threads["before"])
 
 
 def weight_pass(
